@@ -1,0 +1,1 @@
+//! Plain KV-cache generation.

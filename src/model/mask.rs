@@ -1,0 +1,97 @@
+//! Attention masks: causal, confined to each packed document.
+//!
+//! A packed row holds several documents back to back; `position_ids` restart at each
+//! document. A token starts a new document when its position is not the previous
+//! token's position + 1 (so a row whose positions are `0 1 2 0 1 0 1 2 3` holds three
+//! documents). Token `i` may attend to token `j` iff `j <= i` and both lie in the same
+//! document: no information crosses a document boundary.
+
+use candle_core::{Device, Result, Tensor};
+
+/// Large negative value used for masked scores (finite, so `0 * mask` never makes NaN).
+pub const MASKED: f32 = -1e30;
+
+/// Document index of every token in each row, from its positions.
+pub fn document_ids(positions: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    positions
+        .iter()
+        .map(|row| {
+            let mut doc = 0u32;
+            row.iter()
+                .enumerate()
+                .map(|(t, &p)| {
+                    if t > 0 && p != row[t - 1].wrapping_add(1) {
+                        doc += 1;
+                    }
+                    doc
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Additive mask `(B, 1, T, T)` (0 = attend, [`MASKED`] = blocked) for packed rows,
+/// or `(1, 1, T, T)` plain causal when no row holds more than one document.
+pub fn packed_causal(positions: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    let docs = document_ids(positions);
+    let t = positions.first().map_or(0, |r| r.len());
+    let single_doc = docs.iter().all(|row| row.last().copied().unwrap_or(0) == 0);
+    let rows: Vec<&Vec<u32>> = if single_doc { docs.iter().take(1).collect() } else { docs.iter().collect() };
+    let mut mask = Vec::with_capacity(rows.len() * t * t);
+    for doc in &rows {
+        for i in 0..t {
+            for j in 0..t {
+                mask.push(if j <= i && doc[i] == doc[j] { 0.0 } else { MASKED });
+            }
+        }
+    }
+    Tensor::from_vec(mask, (rows.len(), 1, t, t), device)
+}
+
+/// Additive mask `(1, 1, T_new, T_past + T_new)` for `t_new` tokens appended after
+/// `t_past` cached ones: all the past is visible, the new tokens are causal among
+/// themselves. `None` when a single token is decoded (nothing to mask).
+pub fn decode_causal(t_past: usize, t_new: usize, device: &Device) -> Result<Option<Tensor>> {
+    if t_new <= 1 {
+        return Ok(None);
+    }
+    let total = t_past + t_new;
+    let mut mask = Vec::with_capacity(t_new * total);
+    for i in 0..t_new {
+        for j in 0..total {
+            mask.push(if j <= t_past + i { 0.0 } else { MASKED });
+        }
+    }
+    Ok(Some(Tensor::from_vec(mask, (1, 1, t_new, total), device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_split_where_positions_restart() {
+        let docs = document_ids(&[vec![0, 1, 2, 0, 1, 0, 1, 2, 3], vec![5, 6, 7, 0]]);
+        assert_eq!(docs[0], vec![0, 0, 0, 1, 1, 2, 2, 2, 2]);
+        assert_eq!(docs[1], vec![0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn packed_mask_blocks_other_documents_and_future() {
+        let m = packed_causal(&[vec![0, 1, 0, 1]], &Device::Cpu).unwrap();
+        let m: Vec<Vec<f32>> = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let allowed: Vec<Vec<bool>> = m.iter().map(|r| r.iter().map(|&v| v == 0.0).collect()).collect();
+        assert_eq!(allowed[1], vec![true, true, false, false]);
+        assert_eq!(allowed[2], vec![false, false, true, false]);
+        assert_eq!(allowed[3], vec![false, false, true, true]);
+    }
+
+    #[test]
+    fn decode_mask_sees_the_past() {
+        assert!(decode_causal(5, 1, &Device::Cpu).unwrap().is_none());
+        let m = decode_causal(2, 2, &Device::Cpu).unwrap().unwrap();
+        let m: Vec<Vec<f32>> = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        assert_eq!(m[0], vec![0.0, 0.0, 0.0, MASKED]);
+        assert_eq!(m[1], vec![0.0; 4]);
+    }
+}
