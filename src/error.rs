@@ -58,19 +58,31 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     /// A configuration error in `path`.
     pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Config { path: path.into(), message: message.into() }
+        Error::Config {
+            path: path.into(),
+            message: message.into(),
+        }
     }
     /// A checkpoint error in `path`.
     pub fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.into(), message: message.into() }
+        Error::Checkpoint {
+            path: path.into(),
+            message: message.into(),
+        }
     }
     /// A tokenizer error from `context`.
     pub fn tokenizer(context: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Tokenizer { context: context.into(), message: message.into() }
+        Error::Tokenizer {
+            context: context.into(),
+            message: message.into(),
+        }
     }
 }
 

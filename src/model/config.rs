@@ -47,8 +47,12 @@ impl ModelType {
     }
 
     /// Every supported type, for tests and error messages.
-    pub const ALL: [ModelType; 4] =
-        [ModelType::Llama, ModelType::SmolLm3, ModelType::Qwen2, ModelType::Qwen3];
+    pub const ALL: [ModelType; 4] = [
+        ModelType::Llama,
+        ModelType::SmolLm3,
+        ModelType::Qwen2,
+        ModelType::Qwen3,
+    ];
 
     fn parse(s: &str, path: &Path) -> Result<Self> {
         match s {
@@ -152,14 +156,16 @@ impl<'a> Fields<'a> {
     fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|x| Some(x as usize))
-                .ok_or_else(|| self.err(format!("field `{key}`: expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                self.err(format!(
+                    "field `{key}`: expected a non-negative integer, found {v}"
+                ))
+            }),
         }
     }
     fn usize_req(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?.ok_or_else(|| self.err(format!("missing field `{key}`")))
+        self.usize_opt(key)?
+            .ok_or_else(|| self.err(format!("missing field `{key}`")))
     }
     fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
@@ -173,10 +179,9 @@ impl<'a> Fields<'a> {
     fn bool_opt(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("field `{key}`: expected true or false, found {v}"))),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+                self.err(format!("field `{key}`: expected true or false, found {v}"))
+            }),
         }
     }
     fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
@@ -196,7 +201,9 @@ impl<'a> Fields<'a> {
                 .iter()
                 .map(|v| {
                     v.as_u64().map(|x| x as u32).ok_or_else(|| {
-                        self.err(format!("field `{key}`: expected a list of integers, found {v}"))
+                        self.err(format!(
+                            "field `{key}`: expected a list of integers, found {v}"
+                        ))
                     })
                 })
                 .collect(),
@@ -247,24 +254,33 @@ impl ModelConfig {
         let num_hidden_layers = f.usize_req("num_hidden_layers")?;
         if num_attention_heads == 0 || hidden_size == 0 || num_hidden_layers == 0 {
             return Err(f.err(
-                "fields `hidden_size`, `num_attention_heads`, `num_hidden_layers` must be positive".into(),
+                "fields `hidden_size`, `num_attention_heads`, `num_hidden_layers` must be positive"
+                    .into(),
             ));
         }
-        let num_key_value_heads = f.usize_opt("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = f
+            .usize_opt("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(f.err(format!(
                 "field `num_key_value_heads`: {num_key_value_heads} does not divide num_attention_heads {num_attention_heads}"
             )));
         }
-        let head_dim = f.usize_opt("head_dim")?.unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = f
+            .usize_opt("head_dim")?
+            .unwrap_or(hidden_size / num_attention_heads);
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(f.err(format!("field `head_dim`: must be even and positive, found {head_dim}")));
+            return Err(f.err(format!(
+                "field `head_dim`: must be even and positive, found {head_dim}"
+            )));
         }
         let (rope_theta, rope_scaling) = parse_rope(&f)?;
         let attention_bias = f.bool_opt("attention_bias")?.unwrap_or(false);
         let use_rope = parse_use_rope(&f, model_type, num_hidden_layers)?;
         if f.bool_opt("use_sliding_window")?.unwrap_or(false) {
-            return Err(f.err("field `use_sliding_window`: sliding-window attention is not supported".into()));
+            return Err(f.err(
+                "field `use_sliding_window`: sliding-window attention is not supported".into(),
+            ));
         }
         let default_tie = matches!(model_type, ModelType::SmolLm3);
         Ok(ModelConfig {
@@ -358,7 +374,12 @@ impl ModelConfig {
             RopeScaling::Linear { factor } => {
                 json!({"rope_type": "linear", "factor": factor, "rope_theta": self.rope_theta})
             }
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => json!({
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => json!({
                 "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                 "high_freq_factor": high_freq_factor,
                 "original_max_position_embeddings": original_max_position_embeddings,
@@ -366,19 +387,34 @@ impl ModelConfig {
             }),
         };
         let mut m = Map::new();
-        m.insert("architectures".into(), json!([self.model_type.architecture()]));
+        m.insert(
+            "architectures".into(),
+            json!([self.model_type.architecture()]),
+        );
         m.insert("model_type".into(), json!(self.model_type.as_str()));
         m.insert("vocab_size".into(), json!(self.vocab_size));
         m.insert("hidden_size".into(), json!(self.hidden_size));
         m.insert("intermediate_size".into(), json!(self.intermediate_size));
         m.insert("num_hidden_layers".into(), json!(self.num_hidden_layers));
-        m.insert("num_attention_heads".into(), json!(self.num_attention_heads));
-        m.insert("num_key_value_heads".into(), json!(self.num_key_value_heads));
+        m.insert(
+            "num_attention_heads".into(),
+            json!(self.num_attention_heads),
+        );
+        m.insert(
+            "num_key_value_heads".into(),
+            json!(self.num_key_value_heads),
+        );
         m.insert("head_dim".into(), json!(self.head_dim));
         m.insert("hidden_act".into(), json!("silu"));
         m.insert("rms_norm_eps".into(), json!(self.rms_norm_eps));
-        m.insert("max_position_embeddings".into(), json!(self.max_position_embeddings));
-        m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
+        m.insert(
+            "max_position_embeddings".into(),
+            json!(self.max_position_embeddings),
+        );
+        m.insert(
+            "tie_word_embeddings".into(),
+            json!(self.tie_word_embeddings),
+        );
         m.insert("rope_theta".into(), json!(self.rope_theta));
         if !matches!(self.rope_scaling, RopeScaling::Default) {
             m.insert("rope_scaling".into(), rope_params.clone());
@@ -398,11 +434,14 @@ impl ModelConfig {
         if matches!(self.model_type, ModelType::Qwen2 | ModelType::Qwen3) {
             m.insert("use_sliding_window".into(), json!(false));
         }
-        if let Some(b) = self.bos_token_id {
-            m.insert("bos_token_id".into(), json!(b));
-        }
+        // Token ids are always written, `null` when absent: an omitted key would get the
+        // transformers class default instead (e.g. SmolLM3's pad 128004, which is out of
+        // range for a small vocab and makes `from_pretrained` fail; Llama's bos 1 / eos 2).
+        m.insert("bos_token_id".into(), json!(self.bos_token_id));
         match self.eos_token_ids.as_slice() {
-            [] => {}
+            [] => {
+                m.insert("eos_token_id".into(), Value::Null);
+            }
             [one] => {
                 m.insert("eos_token_id".into(), json!(one));
             }
@@ -410,9 +449,7 @@ impl ModelConfig {
                 m.insert("eos_token_id".into(), json!(many));
             }
         }
-        if let Some(p) = self.pad_token_id {
-            m.insert("pad_token_id".into(), json!(p));
-        }
+        m.insert("pad_token_id".into(), json!(self.pad_token_id));
         m.insert("torch_dtype".into(), json!("float32"));
         m.insert("use_cache".into(), json!(true));
         Value::Object(m)
@@ -423,21 +460,33 @@ impl ModelConfig {
 fn parse_rope(f: &Fields) -> Result<(f64, RopeScaling)> {
     let params = match f.get("rope_parameters") {
         Some(Value::Object(p)) => Some(p),
-        Some(v) => return Err(f.err(format!("field `rope_parameters`: expected an object, found {v}"))),
+        Some(v) => {
+            return Err(f.err(format!(
+                "field `rope_parameters`: expected an object, found {v}"
+            )))
+        }
         None => None,
     };
     let scaling = match f.get("rope_scaling") {
         Some(Value::Object(p)) => Some(p),
-        Some(v) => return Err(f.err(format!("field `rope_scaling`: expected an object, found {v}"))),
+        Some(v) => {
+            return Err(f.err(format!(
+                "field `rope_scaling`: expected an object, found {v}"
+            )))
+        }
         None => None,
     };
     let theta_in_params = match params.and_then(|p| p.get("rope_theta")) {
         Some(v) => Some(v.as_f64().ok_or_else(|| {
-            f.err(format!("field `rope_parameters.rope_theta`: expected a number, found {v}"))
+            f.err(format!(
+                "field `rope_parameters.rope_theta`: expected a number, found {v}"
+            ))
         })?),
         None => None,
     };
-    let theta = theta_in_params.or(f.f64_opt("rope_theta")?).unwrap_or(10_000.0);
+    let theta = theta_in_params
+        .or(f.f64_opt("rope_theta")?)
+        .unwrap_or(10_000.0);
     let (key, obj) = match (params, scaling) {
         (Some(p), _) => ("rope_parameters", p),
         (None, Some(s)) => ("rope_scaling", s),
@@ -449,23 +498,26 @@ fn parse_rope(f: &Fields) -> Result<(f64, RopeScaling)> {
         .or(sub.str_opt("type")?)
         .unwrap_or("default");
     let num = |name: &str| -> Result<f64> {
-        sub.f64_opt(name)?
-            .ok_or_else(|| f.err(format!("missing field `{key}.{name}` for rope_type `{kind}`")))
+        sub.f64_opt(name)?.ok_or_else(|| {
+            f.err(format!(
+                "missing field `{key}.{name}` for rope_type `{kind}`"
+            ))
+        })
     };
     let scaling = match kind {
         "default" => RopeScaling::Default,
-        "linear" => RopeScaling::Linear { factor: num("factor")? },
+        "linear" => RopeScaling::Linear {
+            factor: num("factor")?,
+        },
         "llama3" => RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         },
-        other => {
-            return Err(f.err(format!(
-                "field `{key}.rope_type`: unsupported `{other}` (supported: default, linear, llama3)"
-            )))
-        }
+        other => return Err(f.err(format!(
+            "field `{key}.rope_type`: unsupported `{other}` (supported: default, linear, llama3)"
+        ))),
     };
     Ok((theta, scaling))
 }
@@ -477,9 +529,11 @@ fn parse_use_rope(f: &Fields, model_type: ModelType, layers: usize) -> Result<Ve
         return Ok(vec![true; layers]);
     }
     if let Some(v) = f.get("no_rope_layers") {
-        let items = v
-            .as_array()
-            .ok_or_else(|| f.err(format!("field `no_rope_layers`: expected a list, found {v}")))?;
+        let items = v.as_array().ok_or_else(|| {
+            f.err(format!(
+                "field `no_rope_layers`: expected a list, found {v}"
+            ))
+        })?;
         if items.len() != layers {
             return Err(f.err(format!(
                 "field `no_rope_layers`: has {} entries but num_hidden_layers is {layers}",
@@ -491,7 +545,9 @@ fn parse_use_rope(f: &Fields, model_type: ModelType, layers: usize) -> Result<Ve
             .map(|x| match x {
                 Value::Bool(b) => Ok(*b),
                 Value::Number(n) if n.as_u64().is_some() => Ok(n.as_u64() != Some(0)),
-                _ => Err(f.err(format!("field `no_rope_layers`: expected 0/1 entries, found {x}"))),
+                _ => Err(f.err(format!(
+                    "field `no_rope_layers`: expected 0/1 entries, found {x}"
+                ))),
             })
             .collect();
     }
@@ -557,7 +613,10 @@ mod tests {
         let mut v = smollm2();
         v.as_object_mut().unwrap().remove("hidden_size");
         let e = parse(v).unwrap_err().to_string();
-        assert!(e.contains("config.json") && e.contains("`hidden_size`"), "{e}");
+        assert!(
+            e.contains("config.json") && e.contains("`hidden_size`"),
+            "{e}"
+        );
         let mut v = smollm2();
         v["num_attention_heads"] = json!("nine");
         let e = parse(v).unwrap_err().to_string();
@@ -578,7 +637,10 @@ mod tests {
         v["model_type"] = json!("smollm3");
         v["num_hidden_layers"] = json!(8);
         let c = parse(v.clone()).unwrap();
-        assert_eq!(c.use_rope, vec![true, true, true, false, true, true, true, false]);
+        assert_eq!(
+            c.use_rope,
+            vec![true, true, true, false, true, true, true, false]
+        );
         v["no_rope_layers"] = json!([1, 0, 1, 0, 1, 0, 1, 0]);
         assert_eq!(parse(v.clone()).unwrap().use_rope[1], false);
         v["no_rope_layers"] = json!([1, 0]);

@@ -16,7 +16,10 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a model with `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
-        KvCache { layers: vec![None; num_layers], len: 0 }
+        KvCache {
+            layers: vec![None; num_layers],
+            len: 0,
+        }
     }
 
     /// Number of tokens cached per row.
@@ -41,7 +44,12 @@ impl KvCache {
     }
 
     /// Appends `k`, `v` `(B, KV, T_new, D)` to layer `layer`; returns the full `(B, KV, T, D)` pair.
-    pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (k, v) = match self.layers[layer].take() {
             None => (k, v),
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),

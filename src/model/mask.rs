@@ -36,12 +36,20 @@ pub fn packed_causal(positions: &[Vec<u32>], device: &Device) -> Result<Tensor> 
     let docs = document_ids(positions);
     let t = positions.first().map_or(0, |r| r.len());
     let single_doc = docs.iter().all(|row| row.last().copied().unwrap_or(0) == 0);
-    let rows: Vec<&Vec<u32>> = if single_doc { docs.iter().take(1).collect() } else { docs.iter().collect() };
+    let rows: Vec<&Vec<u32>> = if single_doc {
+        docs.iter().take(1).collect()
+    } else {
+        docs.iter().collect()
+    };
     let mut mask = Vec::with_capacity(rows.len() * t * t);
     for doc in &rows {
         for i in 0..t {
             for j in 0..t {
-                mask.push(if j <= i && doc[i] == doc[j] { 0.0 } else { MASKED });
+                mask.push(if j <= i && doc[i] == doc[j] {
+                    0.0
+                } else {
+                    MASKED
+                });
             }
         }
     }
@@ -80,7 +88,10 @@ mod tests {
     fn packed_mask_blocks_other_documents_and_future() {
         let m = packed_causal(&[vec![0, 1, 0, 1]], &Device::Cpu).unwrap();
         let m: Vec<Vec<f32>> = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
-        let allowed: Vec<Vec<bool>> = m.iter().map(|r| r.iter().map(|&v| v == 0.0).collect()).collect();
+        let allowed: Vec<Vec<bool>> = m
+            .iter()
+            .map(|r| r.iter().map(|&v| v == 0.0).collect())
+            .collect();
         assert_eq!(allowed[1], vec![true, true, false, false]);
         assert_eq!(allowed[2], vec![false, false, true, false]);
         assert_eq!(allowed[3], vec![false, false, true, true]);

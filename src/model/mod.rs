@@ -62,7 +62,10 @@ pub struct Model {
 impl Model {
     /// HF names and shapes of every parameter `config` needs, in order.
     pub fn expected_parameters(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-        param_specs(config).into_iter().map(|s| (s.name, s.shape)).collect()
+        param_specs(config)
+            .into_iter()
+            .map(|s| (s.name, s.shape))
+            .collect()
     }
 
     /// A freshly initialised model (normal std 0.02 projections, unit norms, zero
@@ -75,7 +78,9 @@ impl Model {
             let data: Vec<f32> = match spec.init {
                 Init::Ones => vec![1.0; n],
                 Init::Zeros => vec![0.0; n],
-                Init::Normal(std) => (0..n).map(|_| (standard_normal(&mut rng) * std) as f32).collect(),
+                Init::Normal(std) => (0..n)
+                    .map(|_| (standard_normal(&mut rng) * std) as f32)
+                    .collect(),
             };
             tensors.insert(spec.name, Tensor::from_vec(data, spec.shape, device)?);
         }
@@ -96,19 +101,26 @@ impl Model {
         let mut params = Vec::new();
         for (name, shape) in Self::expected_parameters(&config) {
             let t = tensors.remove(&name).ok_or_else(|| {
-                Error::checkpoint(source, format!("missing tensor `{name}` (expected shape {shape:?})"))
+                Error::checkpoint(
+                    source,
+                    format!("missing tensor `{name}` (expected shape {shape:?})"),
+                )
             })?;
             if t.dims() != shape.as_slice() {
                 return Err(Error::checkpoint(
                     source,
-                    format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims()),
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected {shape:?}",
+                        t.dims()
+                    ),
                 ));
             }
             let t = t.to_dtype(DType::F32)?.to_device(device)?;
             params.push((name, Var::from_tensor(&t)?));
         }
         tensors.retain(|name, _| {
-            !(name.ends_with("rotary_emb.inv_freq") || (config.tie_word_embeddings && name == "lm_head.weight"))
+            !(name.ends_with("rotary_emb.inv_freq")
+                || (config.tie_word_embeddings && name == "lm_head.weight"))
         });
         if let Some(extra) = tensors.keys().min() {
             return Err(Error::checkpoint(
@@ -134,13 +146,19 @@ impl Model {
         };
         let opt = |name: &str| by_name.get(name).map(|v| v.as_tensor().clone());
         let proj = |n: &LayerNames, p: &str| -> Result<(Tensor, Option<Tensor>)> {
-            Ok((get(&n.get(&format!("{p}.weight")))?, opt(&n.get(&format!("{p}.bias")))))
+            Ok((
+                get(&n.get(&format!("{p}.weight")))?,
+                opt(&n.get(&format!("{p}.bias"))),
+            ))
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let n = LayerNames::new(i);
             let qk_norm = if config.qk_norm {
-                Some((get(&n.get("self_attn.q_norm.weight"))?, get(&n.get("self_attn.k_norm.weight"))?))
+                Some((
+                    get(&n.get("self_attn.q_norm.weight"))?,
+                    get(&n.get("self_attn.k_norm.weight"))?,
+                ))
             } else {
                 None
             };
@@ -159,7 +177,11 @@ impl Model {
             });
         }
         let embed = get("model.embed_tokens.weight")?;
-        let lm_head = if config.tie_word_embeddings { embed.clone() } else { get("lm_head.weight")? };
+        let lm_head = if config.tie_word_embeddings {
+            embed.clone()
+        } else {
+            get("lm_head.weight")?
+        };
         Ok(Model {
             inv_freq: rope::inv_freq(&config),
             final_norm: get("model.norm.weight")?,
@@ -189,7 +211,10 @@ impl Model {
 
     /// Current values of every parameter with its HF name (f32, tied `lm_head` not included).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        self.params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
+        self.params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// The output projection `(V, H)` (the embedding matrix when tied).
@@ -209,7 +234,11 @@ impl Model {
 
     /// Like [`Model::forward`] but returns the final normed hidden states `(B, T, H)`,
     /// for losses that fuse the `lm_head` projection.
-    pub fn forward_hidden(&self, input_ids: &Tensor, position_ids: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        position_ids: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let positions: Vec<Vec<u32>> = match position_ids {
             Some(p) => {
@@ -277,7 +306,11 @@ impl Model {
             let rope = layer.use_rope.then_some((&cos, &sin));
             x = self.layer_forward(layer, i, &x, rope, mask, cache.as_deref_mut())?;
         }
-        Ok(ops::rms_norm(&x, &self.final_norm, self.config.rms_norm_eps)?)
+        Ok(ops::rms_norm(
+            &x,
+            &self.final_norm,
+            self.config.rms_norm_eps,
+        )?)
     }
 
     /// One pre-norm decoder layer on `x` `(B, T, H)`.
@@ -302,7 +335,11 @@ impl Model {
                 .transpose(1, 2)? // (B, n, T, D)
                 .contiguous()
         };
-        let (mut q, mut k, v) = (heads(&layer.q, nq)?, heads(&layer.k, nkv)?, heads(&layer.v, nkv)?);
+        let (mut q, mut k, v) = (
+            heads(&layer.q, nq)?,
+            heads(&layer.k, nkv)?,
+            heads(&layer.v, nkv)?,
+        );
         if let Some((qn, kn)) = &layer.qk_norm {
             q = ops::rms_norm(&q, qn, eps)?;
             k = ops::rms_norm(&k, kn, eps)?;
@@ -333,7 +370,11 @@ impl Model {
         let normed = ops::rms_norm(&x, &layer.post_norm, eps)?.reshape((b * t, h))?;
         let gate = ops::linear(&normed, &layer.gate.0, layer.gate.1.as_ref())?; // (B*T, I)
         let up = ops::linear(&normed, &layer.up.0, layer.up.1.as_ref())?;
-        let mlp = ops::linear(&ops::swiglu(&gate, &up)?, &layer.down.0, layer.down.1.as_ref())?;
+        let mlp = ops::linear(
+            &ops::swiglu(&gate, &up)?,
+            &layer.down.0,
+            layer.down.1.as_ref(),
+        )?;
         Ok((x + mlp.reshape((b, t, h))?)?)
     }
 }
@@ -344,7 +385,9 @@ fn repeat_kv(x: &Tensor, groups: usize) -> candle_core::Result<Tensor> {
         return Ok(x.clone());
     }
     let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, kv, groups, t, d))?.reshape((b, kv * groups, t, d))
+    x.unsqueeze(2)?
+        .expand((b, kv, groups, t, d))?
+        .reshape((b, kv * groups, t, d))
 }
 
 /// One N(0, 1) draw (Box–Muller), so initialisation depends only on the seed.

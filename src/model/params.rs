@@ -41,7 +41,9 @@ pub struct LayerNames {
 impl LayerNames {
     /// Names for layer `i`.
     pub fn new(i: usize) -> Self {
-        LayerNames { prefix: format!("model.layers.{i}") }
+        LayerNames {
+            prefix: format!("model.layers.{i}"),
+        }
     }
     /// Full name of `suffix` in this layer.
     pub fn get(&self, suffix: &str) -> String {
@@ -53,18 +55,34 @@ impl LayerNames {
 pub fn param_specs(config: &ModelConfig) -> Vec<ParamSpec> {
     let (h, i) = (config.hidden_size, config.intermediate_size);
     let d = config.head_dim;
-    let (q_out, kv_out) = (config.num_attention_heads * d, config.num_key_value_heads * d);
+    let (q_out, kv_out) = (
+        config.num_attention_heads * d,
+        config.num_key_value_heads * d,
+    );
     let normal = Init::Normal(INIT_STD);
     let mut specs = Vec::new();
-    let mut push = |name: String, shape: Vec<usize>, init: Init| specs.push(ParamSpec { name, shape, init });
-    push("model.embed_tokens.weight".into(), vec![config.vocab_size, h], normal);
+    let mut push =
+        |name: String, shape: Vec<usize>, init: Init| specs.push(ParamSpec { name, shape, init });
+    push(
+        "model.embed_tokens.weight".into(),
+        vec![config.vocab_size, h],
+        normal,
+    );
     for layer in 0..config.num_hidden_layers {
         let n = LayerNames::new(layer);
         push(n.get("input_layernorm.weight"), vec![h], Init::Ones);
         for (proj, out) in [("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)] {
-            push(n.get(&format!("self_attn.{proj}.weight")), vec![out, h], normal);
+            push(
+                n.get(&format!("self_attn.{proj}.weight")),
+                vec![out, h],
+                normal,
+            );
             if config.qkv_bias {
-                push(n.get(&format!("self_attn.{proj}.bias")), vec![out], Init::Zeros);
+                push(
+                    n.get(&format!("self_attn.{proj}.bias")),
+                    vec![out],
+                    Init::Zeros,
+                );
             }
         }
         push(n.get("self_attn.o_proj.weight"), vec![h, q_out], normal);
@@ -75,8 +93,16 @@ pub fn param_specs(config: &ModelConfig) -> Vec<ParamSpec> {
             push(n.get("self_attn.q_norm.weight"), vec![d], Init::Ones);
             push(n.get("self_attn.k_norm.weight"), vec![d], Init::Ones);
         }
-        push(n.get("post_attention_layernorm.weight"), vec![h], Init::Ones);
-        for (proj, shape, bias) in [("gate_proj", vec![i, h], i), ("up_proj", vec![i, h], i), ("down_proj", vec![h, i], h)] {
+        push(
+            n.get("post_attention_layernorm.weight"),
+            vec![h],
+            Init::Ones,
+        );
+        for (proj, shape, bias) in [
+            ("gate_proj", vec![i, h], i),
+            ("up_proj", vec![i, h], i),
+            ("down_proj", vec![h, i], h),
+        ] {
             push(n.get(&format!("mlp.{proj}.weight")), shape, normal);
             if config.mlp_bias {
                 push(n.get(&format!("mlp.{proj}.bias")), vec![bias], Init::Zeros);
@@ -101,7 +127,10 @@ mod tests {
             for tie in [true, false] {
                 let mut c = ModelConfig::tiny(t, 97);
                 c.tie_word_embeddings = tie;
-                let n: usize = param_specs(&c).iter().map(|s| s.shape.iter().product::<usize>()).sum();
+                let n: usize = param_specs(&c)
+                    .iter()
+                    .map(|s| s.shape.iter().product::<usize>())
+                    .sum();
                 assert_eq!(n, c.num_parameters(), "{t:?} tie={tie}");
             }
         }

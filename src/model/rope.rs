@@ -24,8 +24,17 @@ pub fn inv_freq(config: &ModelConfig) -> Vec<f32> {
                 *f /= *factor as f32;
             }
         }
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
-            let (factor, low, high) = (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            let (factor, low, high) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+            );
             let old = *original_max_position_embeddings as f32;
             let low_wavelen = old / low;
             let high_wavelen = old / high;

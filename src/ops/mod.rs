@@ -10,10 +10,14 @@ use candle_core::{DType, Result, Tensor, D};
 
 /// RMSNorm as transformers computes it: `w * (x * rsqrt(mean(x², -1) + eps))`.
 ///
-/// `x`: (..., H) any float dtype (computed in f32); `weight`: (H,).
+/// `x`: (..., H) any float dtype (half types computed in f32); `weight`: (H,).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
+    // half types are normalised in f32; f32 and f64 in their own precision
+    let x = match dtype {
+        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    };
     let var = x.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
     let normed = x.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?; // (..., H)
     normed.to_dtype(dtype)?.broadcast_mul(weight)
@@ -64,28 +68,56 @@ mod tests {
     /// Central finite difference of `f(x).sum()` w.r.t. each element of `x`, vs autograd.
     fn check_grad(x0: &[f32], shape: &[usize], f: impl Fn(&Tensor) -> Result<Tensor>) {
         let dev = Device::Cpu;
-        let var = Var::from_tensor(&Tensor::from_slice(x0, shape, &dev).unwrap().to_dtype(DType::F64).unwrap()).unwrap();
+        let var = Var::from_tensor(
+            &Tensor::from_slice(x0, shape, &dev)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap(),
+        )
+        .unwrap();
         // weight the output so the gradient is not trivially symmetric
         let out = f(var.as_tensor()).unwrap();
-        let w = Tensor::arange(0f64, out.elem_count() as f64, &dev).unwrap().reshape(out.shape()).unwrap().cos().unwrap();
+        let w = Tensor::arange(0f64, out.elem_count() as f64, &dev)
+            .unwrap()
+            .reshape(out.shape())
+            .unwrap()
+            .cos()
+            .unwrap();
         let loss = (out * &w).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
-        let g: Vec<f64> = grads.get(&var).expect("no gradient").flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = grads
+            .get(&var)
+            .expect("no gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let eps = 1e-6;
         for i in 0..x0.len() {
             let eval = |delta: f64| -> f64 {
                 let mut x: Vec<f64> = x0.iter().map(|&v| v as f64).collect();
                 x[i] += delta;
                 let t = Tensor::from_slice(&x, shape, &dev).unwrap();
-                (f(&t).unwrap() * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                (f(&t).unwrap() * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
             };
             let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            assert!((fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()), "elem {i}: fd {fd} vs autograd {}", g[i]);
+            assert!(
+                (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "elem {i}: fd {fd} vs autograd {}",
+                g[i]
+            );
         }
     }
 
     fn data(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i as f32 * 0.37).sin() * 1.3) + 0.1).collect()
+        (0..n)
+            .map(|i| ((i as f32 * 0.37).sin() * 1.3) + 0.1)
+            .collect()
     }
 
     #[test]
@@ -93,7 +125,12 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::from_slice(&[1f32, 2., 3., 4.], (1, 4), &dev).unwrap();
         let w = Tensor::from_slice(&[1f32, 1., 2., 0.5], 4, &dev).unwrap();
-        let y: Vec<f32> = rms_norm(&x, &w, 0.0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f32> = rms_norm(&x, &w, 0.0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let rms = (30f32 / 4.).sqrt();
         let expect = [1. / rms, 2. / rms, 6. / rms, 2. / rms];
         for (a, b) in y.iter().zip(expect) {
@@ -106,7 +143,12 @@ mod tests {
     #[test]
     fn softmax_rows_sum_to_one_and_fd() {
         let x = Tensor::from_slice(&data(10), (2, 5), &Device::Cpu).unwrap();
-        let s: Vec<f32> = softmax_last_dim(&x).unwrap().sum(1).unwrap().to_vec1().unwrap();
+        let s: Vec<f32> = softmax_last_dim(&x)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-6));
         check_grad(&data(10), &[2, 5], softmax_last_dim);
     }
@@ -116,10 +158,17 @@ mod tests {
         let dev = Device::Cpu;
         // one position, D = 4, angle a for pair (0,2) and b for pair (1,3)
         let (a, b) = (0.3f64, 1.1f64);
-        let cos = Tensor::from_slice(&[a.cos(), b.cos(), a.cos(), b.cos()], (1, 1, 1, 4), &dev).unwrap();
-        let sin = Tensor::from_slice(&[a.sin(), b.sin(), a.sin(), b.sin()], (1, 1, 1, 4), &dev).unwrap();
+        let cos =
+            Tensor::from_slice(&[a.cos(), b.cos(), a.cos(), b.cos()], (1, 1, 1, 4), &dev).unwrap();
+        let sin =
+            Tensor::from_slice(&[a.sin(), b.sin(), a.sin(), b.sin()], (1, 1, 1, 4), &dev).unwrap();
         let x = Tensor::from_slice(&[1f64, 2., 3., 4.], (1, 1, 1, 4), &dev).unwrap();
-        let y: Vec<f64> = apply_rope(&x, &cos, &sin).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let y: Vec<f64> = apply_rope(&x, &cos, &sin)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         // pair (x0, x2) = (1, 3) rotated by a: (1 cos a - 3 sin a, 3 cos a + 1 sin a)
         assert!((y[0] - (a.cos() - 3. * a.sin())).abs() < 1e-12);
         assert!((y[2] - (3. * a.cos() + a.sin())).abs() < 1e-12);
@@ -130,9 +179,19 @@ mod tests {
     #[test]
     fn swiglu_and_linear_fd() {
         let dev = Device::Cpu;
-        let up = Tensor::from_slice(&data(6).iter().map(|&v| v as f64 * 0.5).collect::<Vec<_>>(), (2, 3), &dev).unwrap();
+        let up = Tensor::from_slice(
+            &data(6).iter().map(|&v| v as f64 * 0.5).collect::<Vec<_>>(),
+            (2, 3),
+            &dev,
+        )
+        .unwrap();
         check_grad(&data(6), &[2, 3], |g| swiglu(g, &up));
-        let w = Tensor::from_slice(&data(6).iter().map(|&v| v as f64).collect::<Vec<_>>(), (2, 3), &dev).unwrap();
+        let w = Tensor::from_slice(
+            &data(6).iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            (2, 3),
+            &dev,
+        )
+        .unwrap();
         let b = Tensor::from_slice(&[0.1f64, -0.2], 2, &dev).unwrap();
         check_grad(&data(9), &[3, 3], |x| linear(x, &w, Some(&b)));
     }

@@ -1,0 +1,4 @@
+//! One module per `smelt` subcommand.
+
+pub mod convert;
+pub mod generate;
