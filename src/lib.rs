@@ -17,7 +17,10 @@ pub mod error;
 pub mod generate;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod telemetry;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{KvCache, Model, ModelConfig, ModelType};

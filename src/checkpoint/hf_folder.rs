@@ -106,16 +106,19 @@ pub(crate) fn write_json(path: &Path, value: &Value) -> Result<()> {
 /// Saves `model` (and `tokenizer`, if given) as an HF folder at `dir`, atomically:
 /// any previous folder at `dir` is replaced wholly, and a failed save leaves it as it was.
 pub fn save_pretrained(model: &Model, tokenizer: Option<&Tokenizer>, dir: &Path) -> Result<()> {
-    write_dir_atomically(dir, |tmp| {
-        write_safetensors(&tmp.join("model.safetensors"), &model.named_tensors())?;
-        write_json(&tmp.join("config.json"), &model.config().to_hf_json())?;
-        write_json(
-            &tmp.join("generation_config.json"),
-            &generation_config(model.config()),
-        )?;
-        if let Some(t) = tokenizer {
-            t.save(tmp)?;
-        }
-        Ok(())
-    })
+    write_dir_atomically(dir, |tmp| write_pretrained_files(model, tokenizer, tmp))
+}
+
+/// Writes the HF files of `model` (`model.safetensors`, `config.json`,
+/// `generation_config.json`, tokenizer files) into the existing directory `dir`, not
+/// atomically: callers wrap it in [`write_dir_atomically`] together with their own
+/// files (a training checkpoint adds optimizer and trainer state beside them).
+pub fn write_pretrained_files(model: &Model, tokenizer: Option<&Tokenizer>, dir: &Path) -> Result<()> {
+    write_safetensors(&dir.join("model.safetensors"), &model.named_tensors())?;
+    write_json(&dir.join("config.json"), &model.config().to_hf_json())?;
+    write_json(&dir.join("generation_config.json"), &generation_config(model.config()))?;
+    if let Some(t) = tokenizer {
+        t.save(dir)?;
+    }
+    Ok(())
 }

@@ -217,6 +217,25 @@ impl Model {
             .collect()
     }
 
+    /// Overwrites every parameter in place with the tensor of the same name (a resumed
+    /// checkpoint, a rollback). Names and shapes must match exactly; `source` names the
+    /// checkpoint in errors. Clones of this model see the new values (they share `Var`s).
+    pub fn load_parameters(&self, tensors: &HashMap<String, Tensor>, source: &Path) -> Result<()> {
+        for (name, var) in &self.params {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| Error::checkpoint(source, format!("missing tensor `{name}`")))?;
+            if t.dims() != var.dims() {
+                return Err(Error::checkpoint(
+                    source,
+                    format!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims()),
+                ));
+            }
+            var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
     /// The output projection `(V, H)` (the embedding matrix when tied).
     pub fn lm_head_weight(&self) -> &Tensor {
         &self.lm_head

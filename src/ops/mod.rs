@@ -60,6 +60,34 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// Label value that contributes no loss (PyTorch's `ignore_index` default).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Token-level cross-entropy, *summed* over the labels that are not [`IGNORE_INDEX`].
+///
+/// `logits`: (N, V) float; `labels`: (N,) i64. Returns `(loss_sum, count, correct)`:
+/// the scalar summed negative log-likelihood (differentiable), the number of counted
+/// labels, and how many of them are the argmax (for token accuracy).
+pub fn cross_entropy_sum(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, f64, f64)> {
+    let logits = match logits.dtype() {
+        DType::F16 | DType::BF16 => logits.to_dtype(DType::F32)?,
+        _ => logits.clone(),
+    };
+    let labels = labels.to_dtype(DType::I64)?;
+    let mask = labels.ge(0i64)?; // (N,) u8
+    let safe = mask.where_cond(&labels, &labels.zeros_like()?)?.to_dtype(DType::U32)?; // (N,)
+    let max = logits.max_keepdim(D::Minus1)?.detach(); // (N, 1), constant for stability
+    let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (N, 1)
+    let picked = logits.gather(&safe.unsqueeze(1)?, 1)?; // (N, 1)
+    let maskf = mask.to_dtype(logits.dtype())?; // (N,)
+    let nll = (lse - picked)?.squeeze(1)?; // (N,)
+    let loss_sum = (nll * &maskf)?.sum_all()?;
+    let count = maskf.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let hits = logits.argmax(D::Minus1)?.eq(&safe)?.to_dtype(logits.dtype())?; // (N,)
+    let correct = (hits * maskf)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok((loss_sum, count, correct))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +222,21 @@ mod tests {
         .unwrap();
         let b = Tensor::from_slice(&[0.1f64, -0.2], 2, &dev).unwrap();
         check_grad(&data(9), &[3, 3], |x| linear(x, &w, Some(&b)));
+    }
+
+    #[test]
+    fn cross_entropy_sum_matches_hand_values_and_ignores_masked() {
+        let dev = Device::Cpu;
+        // row 0: logits [0, ln 3] -> p(label 1) = 3/4; row 1 ignored; row 2: uniform over 2 -> ln 2
+        let logits = Tensor::from_slice(&[0f32, 3f32.ln(), 5.0, -5.0, 1.0, 1.0], (3, 2), &dev).unwrap();
+        let labels = Tensor::from_slice(&[1i64, IGNORE_INDEX, 0], 3, &dev).unwrap();
+        let (sum, count, correct) = cross_entropy_sum(&logits, &labels).unwrap();
+        let want = -(0.75f64).ln() + 2f64.ln();
+        assert!((sum.to_scalar::<f32>().unwrap() as f64 - want).abs() < 1e-6);
+        assert_eq!(count, 2.0);
+        assert_eq!(correct, 2.0); // argmax ties pick index 0 = label of row 2
+        let x = data(6);
+        let labels64 = Tensor::from_slice(&[1i64, IGNORE_INDEX, 0], 3, &dev).unwrap();
+        check_grad(&x, &[3, 2], |l| Ok(cross_entropy_sum(l, &labels64)?.0.to_dtype(DType::F64)?.reshape(1)?));
     }
 }
