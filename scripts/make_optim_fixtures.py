@@ -185,7 +185,6 @@ def schedules_fixture():
                 "name": name,
                 "schedule": spec,
                 "hf": [float(hf(s)) for s in range(total + 1)],
-                "smelt": [float(smelt_factor(hf, s, spec["warmup_steps"])) for s in range(total + 1)],
             }
             for name, spec, hf in cases
         ],

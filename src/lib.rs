@@ -13,11 +13,13 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod recipe;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod train;

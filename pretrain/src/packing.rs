@@ -62,7 +62,11 @@ impl PackedBatch {
             let flat: Vec<u32> = rows.iter().flatten().copied().collect();
             Ok(Tensor::from_vec(flat, (b, t), device)?) // (B, T)
         };
-        Ok((make(&self.input_ids)?, make(&self.targets)?, make(&self.position_ids)?))
+        Ok((
+            make(&self.input_ids)?,
+            make(&self.targets)?,
+            make(&self.position_ids)?,
+        ))
     }
 }
 
@@ -102,7 +106,12 @@ impl Packer {
         if seq_len == 0 {
             return Err(Error::Invalid("seq_len must be at least 1".into()));
         }
-        Ok(Self { mixture, seq_len, pending: None, rows: 0 })
+        Ok(Self {
+            mixture,
+            seq_len,
+            pending: None,
+            rows: 0,
+        })
     }
 
     /// The underlying mixture.
@@ -127,7 +136,11 @@ impl Packer {
                 _ => {
                     let before = self.mixture.cursor();
                     let (_, doc) = self.mixture.next_document()?;
-                    self.pending.insert(Pending { tokens: doc, offset: 0, before })
+                    self.pending.insert(Pending {
+                        tokens: doc,
+                        offset: 0,
+                        before,
+                    })
                 }
             };
             let take = (window - tokens.len()).min(doc.tokens.len() - doc.offset);
@@ -173,7 +186,11 @@ impl Packer {
                 doc_offset: p.offset as u64,
                 rows: self.rows,
             },
-            _ => LoaderCursor { mixture: self.mixture.cursor(), doc_offset: 0, rows: self.rows },
+            _ => LoaderCursor {
+                mixture: self.mixture.cursor(),
+                doc_offset: 0,
+                rows: self.rows,
+            },
         }
     }
 
@@ -192,7 +209,11 @@ impl Packer {
                     tokens.len()
                 )));
             }
-            self.pending = Some(Pending { tokens, offset: cursor.doc_offset as usize, before });
+            self.pending = Some(Pending {
+                tokens,
+                offset: cursor.doc_offset as usize,
+                before,
+            });
         }
         Ok(())
     }
@@ -233,7 +254,9 @@ impl PretrainLoader {
     /// Opens every source's shards and positions the loader at the stream start.
     pub fn new(config: LoaderConfig) -> Result<Self> {
         let mixture = Mixture::open(&config.sources, config.seed)?;
-        Ok(Self { packer: Packer::new(mixture, config.seq_len)? })
+        Ok(Self {
+            packer: Packer::new(mixture, config.seq_len)?,
+        })
     }
 
     /// The next row.

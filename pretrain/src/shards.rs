@@ -116,9 +116,12 @@ pub(crate) fn metadata_text(tokenizer: Option<&str>, size: TokenSize, tokens: u6
 pub(crate) fn parse_metadata(path: &Path, text: &str) -> Result<(String, TokenSize, Option<u64>)> {
     let mut lines = text.lines();
     let first = lines.next().unwrap_or("");
-    let (name, size) = first
-        .rsplit_once('|')
-        .ok_or_else(|| Error::checkpoint(path, format!("line 1 `{first}` is not `tokenizer|token_size`")))?;
+    let (name, size) = first.rsplit_once('|').ok_or_else(|| {
+        Error::checkpoint(
+            path,
+            format!("line 1 `{first}` is not `tokenizer|token_size`"),
+        )
+    })?;
     let size = size
         .trim()
         .parse::<usize>()
@@ -127,19 +130,24 @@ pub(crate) fn parse_metadata(path: &Path, text: &str) -> Result<(String, TokenSi
         .ok_or_else(|| {
             Error::checkpoint(path, format!("line 1 `{first}`: token size must be 2 or 4"))
         })?;
-    let count = match lines.next() {
-        None => None,
-        Some(l) => Some(l.trim().parse::<u64>().map_err(|_| {
-            Error::checkpoint(path, format!("line 2 `{l}` is not a token count"))
-        })?),
-    };
+    let count =
+        match lines.next() {
+            None => None,
+            Some(l) => Some(l.trim().parse::<u64>().map_err(|_| {
+                Error::checkpoint(path, format!("line 2 `{l}` is not a token count"))
+            })?),
+        };
     Ok((name.to_string(), size, count))
 }
 
 /// Python `humanize.metric(value, unit)` with its default precision of 3 significant
 /// digits (`1234` → `1.23 kT`), for the metadata file's third line.
 fn humanize_metric(value: f64, unit: &str) -> String {
-    let exponent = if value == 0.0 { 0 } else { value.abs().log10().floor() as i32 };
+    let exponent = if value == 0.0 {
+        0
+    } else {
+        value.abs().log10().floor() as i32
+    };
     let scaled = value / 10f64.powi(exponent.div_euclid(3) * 3);
     let ordinal = if exponent >= 3 {
         "kMGTPEZYRQ"
@@ -151,7 +159,11 @@ fn humanize_metric(value: f64, unit: &str) -> String {
         String::new()
     };
     let decimals = (3 - exponent.rem_euclid(3) - 1).max(0) as usize;
-    let space = if unit.is_empty() && ordinal.is_empty() { "" } else { " " };
+    let space = if unit.is_empty() && ordinal.is_empty() {
+        ""
+    } else {
+        " "
+    };
     format!("{scaled:.decimals$}{space}{ordinal}{unit}")
 }
 
@@ -161,7 +173,7 @@ mod tests {
 
     #[test]
     fn humanize_matches_python_humanize_metric() {
-        // Values from `humanize.metric(x, "T")` (humanize 4.x).
+        // Values printed by Python `humanize.metric(x, "T")` (humanize 4.x).
         assert_eq!(humanize_metric(0.0, "T"), "0.00 T");
         assert_eq!(humanize_metric(5.0, "T"), "5.00 T");
         assert_eq!(humanize_metric(1234.0, "T"), "1.23 kT");
@@ -174,7 +186,10 @@ mod tests {
         let text = metadata_text(None, TokenSize::U16, 12);
         assert_eq!(text, "Unknown Tokenizer|2|2\n12\n12.0 T");
         let (name, size, count) = parse_metadata(Path::new("x"), &text).unwrap();
-        assert_eq!((name.as_str(), size, count), ("Unknown Tokenizer|2", TokenSize::U16, Some(12)));
+        assert_eq!(
+            (name.as_str(), size, count),
+            ("Unknown Tokenizer|2", TokenSize::U16, Some(12))
+        );
         let err = parse_metadata(Path::new("x.ds.metadata"), "gpt2|3\n1").unwrap_err();
         assert!(err.to_string().contains("x.ds.metadata"), "{err}");
     }

@@ -72,20 +72,70 @@ fn shard_round_trip_u16_and_u32_with_hand_checked_index() {
     }
 }
 
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Golden bytes from datatrove 0.10.1's own writer (`pip install datatrove
+/// tokenizers humanize` in a scratch venv):
+///
+/// ```python
+/// from datatrove.pipeline.tokens.tokenizer import TokenizedFile
+/// for size in (2, 4):
+///     f = TokenizedFile("out", f"golden{size}.ds", save_final_metadata=True,
+///                       tokenizer_name_or_path="HuggingFaceTB/SmolLM2-135M", token_size=size)
+///     for doc in ([5, 6, 7, 0], [8, 65535, 0], [9, 10, 0]):  # EOS = 0 appended
+///         f.write(doc, None)
+///     f.close()
+///     for ext in ("", ".index"):
+///         print(size, ext, open(f"out/golden{size}.ds{ext}", "rb").read().hex())
+///     print(repr(open(f"out/golden{size}.ds.metadata").read()))
+/// ```
 #[test]
-fn shard_bytes_are_little_endian_and_metadata_is_datatrove_text() {
+fn shard_files_are_byte_identical_to_datatrove() {
+    let golden = [
+        (
+            TokenSize::U16,
+            "05000600070000000800ffff000009000a000000",
+            "HuggingFaceTB/SmolLM2-135M|2\n10\n10.0 T",
+        ),
+        (
+            TokenSize::U32,
+            "0500000006000000070000000000000008000000ffff000000000000090000000a00000000000000",
+            "HuggingFaceTB/SmolLM2-135M|4\n10\n10.0 T",
+        ),
+    ];
+    let index = "040000000000000007000000000000000a00000000000000";
     let dir = tempfile::tempdir().unwrap();
-    let mut w = ShardWriter::create(dir.path().join("a.ds"), TokenSize::U16, 2)
-        .unwrap()
-        .with_tokenizer_name("HuggingFaceTB/SmolLM2-135M");
-    w.add_document(&[0x0102]).unwrap();
-    let path = w.finish().unwrap();
-    assert_eq!(fs::read(&path).unwrap(), vec![0x02, 0x01, 0x02, 0x00]);
-    assert_eq!(
-        fs::read_to_string(metadata_path(&path)).unwrap(),
-        "HuggingFaceTB/SmolLM2-135M|2\n2\n2.00 T"
-    );
-    assert_eq!(Shard::open(&path).unwrap().tokenizer_name(), Some("HuggingFaceTB/SmolLM2-135M"));
+    for (size, data, meta) in golden {
+        let mut w = ShardWriter::create(dir.path().join(format!("{size:?}.ds")), size, EOS)
+            .unwrap()
+            .with_tokenizer_name("HuggingFaceTB/SmolLM2-135M");
+        for d in [vec![5, 6, 7], vec![8, 65_535], vec![9, 10]] {
+            w.add_document(&d).unwrap();
+        }
+        let ours = w.finish().unwrap();
+        assert_eq!(fs::read(&ours).unwrap(), unhex(data), "{size:?} .ds");
+        assert_eq!(
+            fs::read(index_path(&ours)).unwrap(),
+            unhex(index),
+            "{size:?} .index"
+        );
+        assert_eq!(fs::read_to_string(metadata_path(&ours)).unwrap(), meta);
+
+        // And datatrove's files read back through `Shard::open`.
+        let theirs = dir.path().join(format!("theirs_{size:?}.ds"));
+        fs::write(&theirs, unhex(data)).unwrap();
+        fs::write(index_path(&theirs), unhex(index)).unwrap();
+        fs::write(metadata_path(&theirs), meta).unwrap();
+        let shard = Shard::open(&theirs).unwrap();
+        assert_eq!(shard.token_size(), size);
+        assert_eq!(shard.tokenizer_name(), Some("HuggingFaceTB/SmolLM2-135M"));
+        assert_eq!(shard.document(1).unwrap(), vec![8, 65_535, EOS]);
+    }
 }
 
 #[test]
@@ -103,7 +153,10 @@ fn writer_dropped_without_finish_leaves_nothing() {
     {
         let mut w = ShardWriter::create(dir.path().join("a.ds"), TokenSize::U16, EOS).unwrap();
         w.add_document(&[1, 2, 3]).unwrap();
-        assert!(fs::read_dir(dir.path()).unwrap().count() > 0, "temp file exists while writing");
+        assert!(
+            fs::read_dir(dir.path()).unwrap().count() > 0,
+            "temp file exists while writing"
+        );
     }
     let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -114,9 +167,16 @@ fn writer_dropped_without_finish_leaves_nothing() {
 /// error message of opening it.
 fn open_error(corrupt: impl FnOnce(&Path)) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_shard(dir.path(), "bad", TokenSize::U16, &[vec![1, 2, 3], vec![4], vec![5, 6]]);
+    let path = write_shard(
+        dir.path(),
+        "bad",
+        TokenSize::U16,
+        &[vec![1, 2, 3], vec![4], vec![5, 6]],
+    );
     corrupt(&path);
-    let err = Shard::open(&path).expect_err("corrupt shard must not open").to_string();
+    let err = Shard::open(&path)
+        .expect_err("corrupt shard must not open")
+        .to_string();
     assert!(err.contains("bad.ds"), "error must name the file: {err}");
     err
 }
@@ -129,20 +189,29 @@ fn write_index(path: &Path, ends: &[u64]) {
 #[test]
 fn corrupt_index_not_monotonic() {
     let err = open_error(|p| write_index(p, &[4, 3, 9]));
-    assert!(err.contains("bad.ds.index") && err.contains("entry 1 (= 3)"), "{err}");
+    assert!(
+        err.contains("bad.ds.index") && err.contains("entry 1 (= 3)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn corrupt_index_ends_beyond_data() {
     let err = open_error(|p| write_index(p, &[4, 6, 12]));
-    assert!(err.contains("bad.ds.index") && err.contains("entry 2 (= 12)"), "{err}");
+    assert!(
+        err.contains("bad.ds.index") && err.contains("entry 2 (= 12)"),
+        "{err}"
+    );
     assert!(err.contains("beyond"), "{err}");
 }
 
 #[test]
 fn corrupt_index_ends_short_of_data() {
     let err = open_error(|p| write_index(p, &[4, 6]));
-    assert!(err.contains("short of") && err.contains("9 tokens"), "{err}");
+    assert!(
+        err.contains("short of") && err.contains("9 tokens"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -161,13 +230,19 @@ fn corrupt_index_truncated() {
         let bytes = fs::read(index_path(p)).unwrap();
         fs::write(index_path(p), &bytes[..bytes.len() - 3]).unwrap();
     });
-    assert!(err.contains("bad.ds.index") && err.contains("21 bytes"), "{err}");
+    assert!(
+        err.contains("bad.ds.index") && err.contains("21 bytes"),
+        "{err}"
+    );
 }
 
 #[test]
 fn metadata_token_count_must_match_data() {
     let err = open_error(|p| fs::write(metadata_path(p), "gpt2|2\n10\n10.0 T").unwrap());
-    assert!(err.contains("bad.ds.metadata") && err.contains("10 tokens"), "{err}");
+    assert!(
+        err.contains("bad.ds.metadata") && err.contains("10 tokens"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------- mixture
@@ -180,7 +255,11 @@ fn source(dir: &Path, name: &str, weight: f64, tag: u32, docs: u32, shards: u32)
     for (i, chunk) in all.chunks(per).enumerate() {
         write_shard(&sub, &format!("{name}_{i:05}"), TokenSize::U16, chunk);
     }
-    SourceConfig { name: name.into(), weight, paths: vec![sub] }
+    SourceConfig {
+        name: name.into(),
+        weight,
+        paths: vec![sub],
+    }
 }
 
 fn three_sources(dir: &Path) -> Vec<SourceConfig> {
@@ -238,9 +317,16 @@ fn every_document_appears_once_per_epoch() {
         assert!(eps.len() >= 2, "source {s} completed {} epochs", eps.len());
         for e in eps {
             let set: HashSet<_> = e.iter().collect();
-            assert_eq!(set.len() as u64, sizes[s], "a document repeated within an epoch");
+            assert_eq!(
+                set.len() as u64,
+                sizes[s],
+                "a document repeated within an epoch"
+            );
         }
-        assert_ne!(eps[0], eps[1], "source {s}: each epoch gets a new permutation");
+        assert_ne!(
+            eps[0], eps[1],
+            "source {s}: each epoch gets a new permutation"
+        );
     }
 }
 
@@ -252,10 +338,22 @@ fn invalid_sources_are_errors_naming_the_source() {
     bad_weight.weight = 0.0;
     let empty_dir = dir.path().join("nothing");
     fs::create_dir_all(&empty_dir).unwrap();
-    let no_shards = SourceConfig { name: "nothing".into(), weight: 1.0, paths: vec![empty_dir] };
+    let no_shards = SourceConfig {
+        name: "nothing".into(),
+        weight: 1.0,
+        paths: vec![empty_dir],
+    };
     let no_docs_path = write_shard(dir.path(), "zero", TokenSize::U16, &[]);
-    let no_docs = SourceConfig { name: "zero".into(), weight: 1.0, paths: vec![no_docs_path] };
-    let no_paths = SourceConfig { name: "void".into(), weight: 1.0, paths: vec![] };
+    let no_docs = SourceConfig {
+        name: "zero".into(),
+        weight: 1.0,
+        paths: vec![no_docs_path],
+    };
+    let no_paths = SourceConfig {
+        name: "void".into(),
+        weight: 1.0,
+        paths: vec![],
+    };
     for (cfg, needle) in [
         (bad_weight, "`web`"),
         (no_shards, "`nothing`"),
@@ -265,7 +363,9 @@ fn invalid_sources_are_errors_naming_the_source() {
         let err = Mixture::open(&[cfg], 0).unwrap_err().to_string();
         assert!(err.contains(needle), "{err}");
     }
-    let dup = Mixture::open(&[good.clone(), good], 0).unwrap_err().to_string();
+    let dup = Mixture::open(&[good.clone(), good], 0)
+        .unwrap_err()
+        .to_string();
     assert!(dup.contains("`web`"), "{dup}");
 }
 
@@ -275,18 +375,41 @@ fn source_paths_accept_files_directories_and_wildcards() {
     let a = write_shard(dir.path(), "a_0", TokenSize::U16, &[vec![1]]);
     write_shard(dir.path(), "a_1", TokenSize::U16, &[vec![2]]);
     write_shard(dir.path(), "b_0", TokenSize::U16, &[vec![3]]);
-    let cfg = |paths| SourceConfig { name: "s".into(), weight: 1.0, paths };
+    let cfg = |paths| SourceConfig {
+        name: "s".into(),
+        weight: 1.0,
+        paths,
+    };
     assert_eq!(cfg(vec![a.clone()]).shard_paths().unwrap(), vec![a.clone()]);
-    assert_eq!(cfg(vec![dir.path().join("a_*.ds")]).shard_paths().unwrap().len(), 2);
-    assert_eq!(cfg(vec![dir.path().to_path_buf()]).shard_paths().unwrap().len(), 3);
-    let err = cfg(vec![dir.path().join("missing.ds")]).shard_paths().unwrap_err();
+    assert_eq!(
+        cfg(vec![dir.path().join("a_*.ds")])
+            .shard_paths()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        cfg(vec![dir.path().to_path_buf()])
+            .shard_paths()
+            .unwrap()
+            .len(),
+        3
+    );
+    let err = cfg(vec![dir.path().join("missing.ds")])
+        .shard_paths()
+        .unwrap_err();
     assert!(err.to_string().contains("missing.ds"), "{err}");
 }
 
 // ---------------------------------------------------------------- packing
 
 fn loader(dir: &Path, seq_len: usize, seed: u64) -> PretrainLoader {
-    PretrainLoader::new(LoaderConfig { sources: three_sources(dir), seq_len, seed }).unwrap()
+    PretrainLoader::new(LoaderConfig {
+        sources: three_sources(dir),
+        seq_len,
+        seed,
+    })
+    .unwrap()
 }
 
 #[test]
@@ -302,7 +425,11 @@ fn packed_rows_shift_targets_and_restart_positions_after_eos() {
         for t in 0..15 {
             assert_eq!(row.targets[t], row.input_ids[t + 1]);
             // Test docs contain EOS only at their end, so EOS marks every boundary.
-            let want = if row.input_ids[t] == EOS { 0 } else { row.position_ids[t] + 1 };
+            let want = if row.input_ids[t] == EOS {
+                0
+            } else {
+                row.position_ids[t] + 1
+            };
             assert_eq!(row.position_ids[t + 1], want, "row {row:?} t={t}");
         }
     }
@@ -323,38 +450,36 @@ fn packed_rows_shift_targets_and_restart_positions_after_eos() {
 #[test]
 fn positions_match_datatrove_docstring_example() {
     // datatrove `_get_pos_from_index_file`: document ends [3, 5, 8] in a window of
-    // seq_len + 1 = 10 give positions [0, 1, 2, 0, 1, 0, 1, 2, 0, 1].
+    // seq_len + 1 = 10 give positions [0, 1, 2, 0, 1, 0, 1, 2, 0, 1]; the row's
+    // inputs carry the first 9.
     let dir = tempfile::tempdir().unwrap();
-    // Docs of 3, 2, 3 and 5 tokens including EOS (the writer appends EOS).
-    let path = write_shard(
-        dir.path(),
-        "one",
-        TokenSize::U16,
-        &[vec![1, 1], vec![2], vec![3, 3], vec![4, 4, 4, 4]],
-    );
-    let shard = Shard::open(&path).unwrap();
-    let source = MixtureSource::from_shards("one", 1.0, vec![shard]).unwrap();
-    let mut m = Mixture::new(vec![source], 0).unwrap();
-    // Find the seed-0 order of the 4 docs, then build the stream by hand.
+    let open = |path: &Path| {
+        let source = MixtureSource::from_shards("one", 1.0, vec![Shard::open(path).unwrap()]);
+        Mixture::new(vec![source.unwrap()], 0).unwrap()
+    };
+    // The epoch-0 order depends only on (seed, name, epoch, document count), so
+    // learn it from a placeholder shard, then place documents of 3, 2, 3 and 5
+    // tokens (EOS included) so that they are drawn in that order.
+    let path = write_shard(dir.path(), "one", TokenSize::U16, &vec![vec![1]; 4]);
+    let mut m = open(&path);
     let order: Vec<usize> = (0..4).map(|_| m.next_ref().document).collect();
-    let lens = [3usize, 2, 3, 5];
-    let source = MixtureSource::from_shards("one", 1.0, vec![Shard::open(&path).unwrap()]).unwrap();
-    let mut p = Packer::new(Mixture::new(vec![source], 0).unwrap(), 9).unwrap();
+    let mut docs = vec![Vec::new(); 4];
+    for (j, len) in [3usize, 2, 3, 5].into_iter().enumerate() {
+        docs[order[j]] = vec![7; len - 1];
+    }
+    write_shard(dir.path(), "one", TokenSize::U16, &docs);
+    let mut p = Packer::new(open(&path), 9).unwrap();
     let row = p.next_row().unwrap();
-    let mut want = Vec::new();
-    for &d in &order {
-        want.extend(0..lens[d] as u32);
-    }
-    assert_eq!(row.position_ids, want[..9]);
-    if order[..3] == [0, 1, 2] {
-        assert_eq!(row.position_ids, [0, 1, 2, 0, 1, 0, 1, 2, 0]);
-    }
+    assert_eq!(row.position_ids, [0, 1, 2, 0, 1, 0, 1, 2, 0]);
+    assert_eq!(row.input_ids, [7, 7, EOS, 7, EOS, 7, 7, EOS, 7]);
+    // The next row starts inside the 5-token document and restarts at 0.
+    assert_eq!(p.next_row().unwrap().position_ids[..3], [0, 1, 2]);
 }
 
 #[test]
 fn resume_mid_epoch_and_mid_document_gives_identical_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let (k, n) = (37, 120);
+    let n = 150;
     let mut a = loader(dir.path(), 13, 5);
     let mut cursors: HashMap<usize, LoaderCursor> = HashMap::new();
     let mut rows = Vec::new();
@@ -362,17 +487,29 @@ fn resume_mid_epoch_and_mid_document_gives_identical_rows() {
         cursors.insert(i, a.cursor());
         rows.push(a.next_batch(1).unwrap());
     }
+    // The first point that is mid-document, mid-epoch in every source, and past
+    // some source's first epoch.
+    let k = (0..n)
+        .find(|i| {
+            let c = &cursors[i];
+            c.doc_offset > 0
+                && c.mixture.sources.iter().all(|s| s.position > 0)
+                && c.mixture.sources.iter().any(|s| s.epoch >= 1)
+        })
+        .expect("some row starts mid-document in a later epoch");
+    assert!(k < n - 20, "k = {k} leaves too few rows to compare");
     let c = &cursors[&k];
-    // The chosen point really is mid-document and mid-epoch.
-    assert!(c.doc_offset > 0, "pick k so the row starts inside a document: {c:?}");
-    assert!(c.mixture.sources.iter().all(|s| s.position > 0 && s.epoch >= 1), "{c:?}");
     // Through JSON, as a checkpoint stores it.
     let json = serde_json::to_string(c).unwrap();
     let c: LoaderCursor = serde_json::from_str(&json).unwrap();
     let mut b = loader(dir.path(), 13, 5);
     b.restore(&c).unwrap();
     for (i, row) in rows.iter().enumerate().skip(k) {
-        assert_eq!(&b.next_batch(1).unwrap(), row, "row {i} after resuming at {k}");
+        assert_eq!(
+            &b.next_batch(1).unwrap(),
+            row,
+            "row {i} after resuming at {k}"
+        );
     }
     // Every recorded point resumes exactly (covers document-boundary cursors too).
     for (&i, c) in &cursors {
@@ -388,11 +525,19 @@ fn restore_rejects_a_cursor_from_another_mixture() {
     let mut a = loader(dir.path(), 8, 5);
     a.next_batch(3).unwrap();
     let c = a.cursor();
-    let err = loader(dir.path(), 8, 6).restore(&c).unwrap_err().to_string();
+    let err = loader(dir.path(), 8, 6)
+        .restore(&c)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("seed"), "{err}");
     let mut other = three_sources(dir.path());
     other.swap(0, 1);
-    let mut b = PretrainLoader::new(LoaderConfig { sources: other, seq_len: 8, seed: 5 }).unwrap();
+    let mut b = PretrainLoader::new(LoaderConfig {
+        sources: other,
+        seq_len: 8,
+        seed: 5,
+    })
+    .unwrap();
     let err = b.restore(&c).unwrap_err().to_string();
     assert!(err.contains("web") && err.contains("code"), "{err}");
 }
@@ -427,5 +572,8 @@ fn loader_config_parses_toml_and_rejects_unknown_keys() {
     let err = LoaderConfig::from_toml(&text.replace("weight = 0.3", "wieght = 0.3"), "recipe.toml")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("recipe.toml") && err.contains("wieght"), "{err}");
+    assert!(
+        err.contains("recipe.toml") && err.contains("wieght"),
+        "{err}"
+    );
 }

@@ -241,7 +241,8 @@ impl AdamW {
             // m = b1 m + (1 - b1) g
             st.exp_avg = (st.exp_avg.affine(beta1, 0.0)? + g.affine(1.0 - beta1, 0.0)?)?;
             // v = b2 v + (1 - b2) g²
-            st.exp_avg_sq = (st.exp_avg_sq.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+            st.exp_avg_sq =
+                (st.exp_avg_sq.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
             // denom = sqrt(v) / sqrt(1 - b2^t) + eps
             let denom = (st.exp_avg_sq.sqrt()? / bias_correction2_sqrt)?.affine(1.0, eps)?;
             // p -= step_size * m / denom
@@ -269,11 +270,18 @@ impl AdamW {
     /// be present; errors name the missing, mis-shaped or unexpected entry. Nothing is
     /// changed unless everything checks out. Tensors are converted to f32 on the
     /// parameters' device.
-    pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, steps_taken: u64) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        mut tensors: HashMap<String, Tensor>,
+        steps_taken: u64,
+    ) -> Result<()> {
         let mut restored = Vec::with_capacity(self.state.len());
         for st in &self.state {
             let mut pair = Vec::with_capacity(2);
-            for key in [format!("exp_avg.{}", st.name), format!("exp_avg_sq.{}", st.name)] {
+            for key in [
+                format!("exp_avg.{}", st.name),
+                format!("exp_avg_sq.{}", st.name),
+            ] {
                 let t = tensors.remove(&key).ok_or_else(|| {
                     Error::Invalid(format!("optimizer state: missing tensor `{key}`"))
                 })?;

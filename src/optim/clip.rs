@@ -53,7 +53,10 @@ mod tests {
     #[test]
     fn three_four_five() -> Result<()> {
         // |(3, 4)| = 5; clipped to 1 the gradient is (3, 4) / (5 + 1e-6).
-        let mut grads = vec![Tensor::new(&[3.0f32], &Device::Cpu)?, Tensor::new(&[4.0f32], &Device::Cpu)?];
+        let mut grads = vec![
+            Tensor::new(&[3.0f32], &Device::Cpu)?,
+            Tensor::new(&[4.0f32], &Device::Cpu)?,
+        ];
         let norm = clip_grad_norm(&mut grads, 1.0)?;
         assert_eq!(norm, 5.0);
         let a = grads[0].to_vec1::<f32>()?[0] as f64;

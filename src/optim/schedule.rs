@@ -42,8 +42,15 @@ fn default_decay_fraction() -> f64 {
     0.1
 }
 
-/// A learning-rate schedule, in TOML a table tagged by `kind`, e.g.
-/// `[schedule] kind = "wsd"  warmup_steps = 2000  decay_fraction = 0.1`.
+/// A learning-rate schedule, in TOML a table tagged by `kind`:
+///
+/// ```toml
+/// [schedule]
+/// kind = "wsd"          # constant | cosine | linear | wsd
+/// warmup_steps = 2000
+/// decay_fraction = 0.1
+/// decay = "linear"      # or "1-sqrt"
+/// ```
 ///
 /// Every step count is in optimizer steps (after gradient accumulation); every ratio is
 /// a fraction of the peak learning rate. Unknown keys are errors that name the key.
@@ -194,7 +201,11 @@ impl Schedule {
             Err(Error::Invalid(format!("schedule.{key} = {value}: {why}")))
         };
         if total_steps == 0 {
-            return bad("total_steps", "0".into(), "a run needs at least one optimizer step");
+            return bad(
+                "total_steps",
+                "0".into(),
+                "a run needs at least one optimizer step",
+            );
         }
         let warmup = self.warmup_steps();
         if warmup > total_steps {
@@ -208,7 +219,11 @@ impl Schedule {
             Schedule::Constant { .. } => {}
             Schedule::Cosine { min_lr_ratio, .. } | Schedule::Linear { min_lr_ratio, .. } => {
                 if !(0.0..=1.0).contains(&min_lr_ratio) {
-                    return bad("min_lr_ratio", min_lr_ratio.to_string(), "must be in [0, 1]");
+                    return bad(
+                        "min_lr_ratio",
+                        min_lr_ratio.to_string(),
+                        "must be in [0, 1]",
+                    );
                 }
             }
             Schedule::Wsd {
@@ -217,10 +232,18 @@ impl Schedule {
                 ..
             } => {
                 if !(0.0..=1.0).contains(&min_lr_ratio) {
-                    return bad("min_lr_ratio", min_lr_ratio.to_string(), "must be in [0, 1]");
+                    return bad(
+                        "min_lr_ratio",
+                        min_lr_ratio.to_string(),
+                        "must be in [0, 1]",
+                    );
                 }
                 if !(0.0..=1.0).contains(&decay_fraction) {
-                    return bad("decay_fraction", decay_fraction.to_string(), "must be in [0, 1]");
+                    return bad(
+                        "decay_fraction",
+                        decay_fraction.to_string(),
+                        "must be in [0, 1]",
+                    );
                 }
                 let decay_steps = self.decay_steps(total_steps);
                 if warmup + decay_steps > total_steps {

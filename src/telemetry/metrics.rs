@@ -176,10 +176,7 @@ fn repair_torn_tail(path: &Path) -> Result<()> {
     if bytes.is_empty() || bytes.ends_with(b"\n") {
         return Ok(());
     }
-    let start = bytes
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
+    let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let tail = &bytes[start..];
     let complete = serde_json::from_slice::<Value>(tail).is_ok_and(|v| v.is_object());
     let mut fixed = bytes[..start].to_vec();

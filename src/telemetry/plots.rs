@@ -12,8 +12,9 @@
 //! - **Each PNG is written to a temporary sibling and renamed into place**, so a
 //!   plot being viewed while it is redrawn is never half an image.
 //! - Missing data is skipped, not an error: a panel whose metrics never appear is not
-//!   drawn, and records where a value is absent, `null` (how a NaN loss is logged)
-//!   or not a number leave a gap in that one series.
+//!   drawn, and a record without the metric (eval loss between evals) is passed
+//!   over. A value that is present but `null` (how a NaN loss is logged) or not a
+//!   finite number breaks the line there, so a divergence shows as a gap.
 
 use super::metrics::MetricsLog;
 use crate::error::{Error, Result};
@@ -35,7 +36,7 @@ const PANELS: [Panel; 4] = [
     Panel {
         stem: "loss",
         title: "Loss",
-        y_desc: "loss (nats/token)",
+        y_desc: "loss",
         metrics: &["loss", "eval_loss"],
     },
     Panel {
@@ -103,11 +104,11 @@ pub fn plot_metrics_with(
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mut written = Vec::new();
     for panel in &PANELS {
-        let series: Vec<(&str, Vec<(f64, f64)>)> = panel
+        let series: Vec<Series> = panel
             .metrics
             .iter()
-            .map(|&m| (m, points(&records, m)))
-            .filter(|(_, pts)| !pts.is_empty())
+            .map(|&m| (m, segments(&records, m)))
+            .filter(|(_, segs)| !segs.is_empty())
             .collect();
         if series.is_empty() {
             continue;
@@ -127,16 +128,27 @@ pub fn plot_metrics_with(
     Ok(written)
 }
 
-/// `(step, value)` of every record that has both as finite numbers.
-fn points(records: &[Value], metric: &str) -> Vec<(f64, f64)> {
-    records
-        .iter()
-        .filter_map(|r| {
-            let step = r.get("step")?.as_f64()?;
-            let value = r.get(metric)?.as_f64()?;
-            (step.is_finite() && value.is_finite()).then_some((step, value))
-        })
-        .collect()
+/// The `(step, value)` line of `metric`, split into segments wherever a record has
+/// the metric but not as a finite number. Records without a `step` or without the
+/// metric are passed over.
+fn segments(records: &[Value], metric: &str) -> Vec<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    let mut current: Vec<(f64, f64)> = Vec::new();
+    for r in records {
+        let (Some(step), Some(value)) = (r.get("step").and_then(Value::as_f64), r.get(metric))
+        else {
+            continue;
+        };
+        match value.as_f64().filter(|v| v.is_finite()) {
+            Some(v) => current.push((step, v)),
+            None if !current.is_empty() => out.push(std::mem::take(&mut current)),
+            None => {}
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 /// Registers the embedded DejaVu Sans as plotters' `sans-serif`, once per process.
@@ -155,14 +167,19 @@ fn register_font() -> Result<()> {
     }
 }
 
+/// A metric's name and its line segments of `(step, value)`.
+type Series<'a> = (&'a str, Vec<Vec<(f64, f64)>>);
+
 /// Draws one panel to `path`.
 fn draw(
     path: &Path,
     panel: &Panel,
-    series: &[(&str, Vec<(f64, f64)>)],
+    series: &[Series],
     options: &PlotOptions,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let all = series.iter().flat_map(|(_, pts)| pts.iter().copied());
+    let all = series
+        .iter()
+        .flat_map(|(_, segs)| segs.iter().flatten().copied());
     let (x_range, y_range) = ranges(all);
     let root = BitMapBackend::new(path, (options.width, options.height)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -183,17 +200,21 @@ fn draw(
         .light_line_style(WHITE.mix(0.0))
         .bold_line_style(BLACK.mix(0.12))
         .draw()?;
-    for (i, (name, pts)) in series.iter().enumerate() {
+    for (i, (name, segs)) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         // Sparse series (eval every N steps) get markers so single points show.
-        let marker = if pts.len() <= 50 { 3 } else { 0 };
-        chart
-            .draw_series(
-                LineSeries::new(pts.iter().copied(), colour.stroke_width(2))
-                    .point_size(marker),
-            )?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2)));
+        let n_points: usize = segs.iter().map(Vec::len).sum();
+        let marker = if n_points <= 50 { 3 } else { 0 };
+        for (j, seg) in segs.iter().enumerate() {
+            let drawn = chart.draw_series(
+                LineSeries::new(seg.iter().copied(), colour.stroke_width(2)).point_size(marker),
+            )?;
+            if j == 0 {
+                drawn.label(*name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2))
+                });
+            }
+        }
     }
     if series.len() > 1 {
         chart
@@ -260,6 +281,25 @@ mod tests {
         assert_eq!(format_tick(1.5e-4), "1.5e-4");
         assert_eq!(format_tick(3e-4), "3e-4");
         assert_eq!(format_tick(0.0), "0");
+    }
+
+    #[test]
+    fn non_finite_values_break_the_line_and_absent_ones_do_not() {
+        let records: Vec<Value> = serde_json::from_str(
+            r#"[{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.9, "eval_loss": 3.1},
+                {"step": 3, "loss": null}, {"step": 4, "loss": 2.7},
+                {"step": 5, "loss": 2.6, "eval_loss": 2.8}, {"note": "no step", "loss": 1.0}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            segments(&records, "loss"),
+            vec![vec![(1.0, 3.0), (2.0, 2.9)], vec![(4.0, 2.7), (5.0, 2.6)]]
+        );
+        assert_eq!(
+            segments(&records, "eval_loss"),
+            vec![vec![(2.0, 3.1), (5.0, 2.8)]]
+        );
+        assert!(segments(&records, "grad_norm").is_empty());
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Progress {
             }
             Mode::Plain { sink, every } => {
                 let due = step == self.start_step + 1
-                    || step % every == 0
+                    || step.is_multiple_of(*every)
                     || step >= self.total_steps;
                 if due {
                     write_line(sink, &line);

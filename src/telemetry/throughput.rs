@@ -51,7 +51,9 @@ impl ThroughputConfig {
     /// `0 < data_stall_fraction <= 1`; the error names the field.
     pub fn validate(&self) -> Result<()> {
         if self.window == 0 {
-            return Err(Error::Invalid("throughput.window: must be at least 1".into()));
+            return Err(Error::Invalid(
+                "throughput.window: must be at least 1".into(),
+            ));
         }
         if !(self.drop_fraction > 0.0 && self.drop_fraction < 1.0) {
             return Err(Error::Invalid(format!(

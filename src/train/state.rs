@@ -130,9 +130,8 @@ pub fn clean_stale_temps(run_dir: &Path) -> Result<()> {
 
 fn ensure_finite(model: &Model) -> Result<()> {
     for (name, var) in model.vars() {
-        // x - x is 0 for finite x and NaN for NaN or ±inf
-        let t = var.as_tensor();
-        let probe = (t - t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        // 0·x is 0 for finite x and NaN for NaN or ±inf
+        let probe = (var.as_tensor() * 0.0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !probe.is_finite() {
             return Err(Error::Invalid(format!(
                 "refusing to write a checkpoint: parameter `{name}` has non-finite values"

@@ -2,7 +2,7 @@
 //!
 //! Every word n-gram (n = 13 by default) of every evaluation text is hashed into a set;
 //! a training document containing any of them is contaminated. Words are those of the
-//! matching form ([`words`](super::normalize::words): lowercase, punctuation and accents
+//! matching form ([`words`]: lowercase, punctuation and accents
 //! stripped), so a copy of a benchmark question survives no re-punctuation. Key decision:
 //! only 64-bit hashes (and the index of the eval file) are kept, not the n-grams — the
 //! n-gram reported for a hit is read back from the training document's own words. An

@@ -9,8 +9,11 @@
 //! other member is a near-duplicate of it.
 //!
 //! Threshold: documents with Jaccard similarity `s` share some bucket with probability
-//! `1 − (1 − s⁸)¹⁴`: 50% at s ≈ 0.72 (`(1/14)^(1/8)`, [`lsh_threshold`]), 92% at 0.8, 99.6%
-//! at 0.9, and 1.5% at 0.5. Key decisions, where this departs from datatrove:
+//! `1 − (1 − s⁸)¹⁴` ([`candidate_probability`]). The usual LSH threshold
+//! `(1/b)^(1/r) = (1/14)^(1/8) ≈ 0.72` ([`lsh_threshold`], datatrove's comment) sits at the
+//! steep part of that S-curve, where a pair is caught 65% of the time; the exact 50% point
+//! is s ≈ 0.68 ([`half_probability_similarity`]). A pair is caught 92% of the time at
+//! s = 0.8, 99.96% at 0.9, and 5% at 0.5. Key decisions, where this departs from datatrove:
 //! - datatrove runs as three distributed passes over signature files; here the whole
 //!   index lives in memory (one `(bucket, 64-bit key) → first doc` entry per bucket per
 //!   document, ~14 × 24 bytes per document) — enough for the corpora this crate prepares
@@ -65,16 +68,23 @@ impl Default for MinhashConfig {
 }
 
 impl MinhashConfig {
-    /// The Jaccard similarity at which a pair becomes a candidate with probability ½.
+    /// The LSH threshold `(1/b)^(1/r)` (≈ 0.72 for datatrove's 14 × 8; see [`lsh_threshold`]).
     pub fn threshold(&self) -> f64 {
         lsh_threshold(self.num_buckets, self.hashes_per_bucket)
     }
 }
 
-/// `(1/b)^(1/r)`: the Jaccard similarity at which `b` bands of `r` hashes catch a pair
-/// half the time (≈ 0.72 for b = 14, r = 8).
+/// `(1/b)^(1/r)`: the standard LSH threshold of `b` bands of `r` hashes, where the
+/// S-curve [`candidate_probability`] is steepest (≈ 0.72 for b = 14, r = 8, caught ~65% of
+/// the time there).
 pub fn lsh_threshold(b: usize, r: usize) -> f64 {
     (1.0 / b as f64).powf(1.0 / r as f64)
+}
+
+/// The Jaccard similarity caught exactly half the time, `(1 − ½^(1/b))^(1/r)` (≈ 0.68 for
+/// b = 14, r = 8).
+pub fn half_probability_similarity(b: usize, r: usize) -> f64 {
+    (1.0 - 0.5f64.powf(1.0 / b as f64)).powf(1.0 / r as f64)
 }
 
 /// `1 − (1 − s^r)^b`: the probability that two documents with Jaccard similarity `s`
@@ -258,10 +268,19 @@ impl MinhashLsh {
 mod tests {
     use super::*;
 
-    /// A reproducible pseudo-random text of `n` words drawn from a 2,000-word vocabulary.
+    /// A reproducible pseudo-random text of `n` words drawn from a 2,000-word vocabulary
+    /// (letters only: digits would all simplify to `0`).
     fn text(seed: u64, n: usize) -> Vec<String> {
         let mut s = seed;
-        (0..n).map(|_| format!("w{}", splitmix64(&mut s) % 2000)).collect()
+        (0..n)
+            .map(|_| {
+                let k = splitmix64(&mut s) % 2000;
+                [k / 676, k / 26 % 26, k % 26]
+                    .iter()
+                    .map(|&c| (b'a' + c as u8) as char)
+                    .collect()
+            })
+            .collect()
     }
 
     fn jaccard(a: &[u64], b: &[u64]) -> f64 {
@@ -274,7 +293,12 @@ mod tests {
     fn threshold_is_072_for_14_by_8() {
         assert!((lsh_threshold(14, 8) - 0.7192).abs() < 1e-3);
         assert!((candidate_probability(0.8, 14, 8) - 0.924).abs() < 1e-3);
-        assert!((candidate_probability(lsh_threshold(14, 8), 14, 8) - 0.5).abs() < 0.03);
+        // At the threshold itself a pair is caught with probability ≈ 0.65; the 50% point is ≈ 0.68.
+        assert!((candidate_probability(lsh_threshold(14, 8), 14, 8) - 0.65).abs() < 0.01);
+        assert!((half_probability_similarity(14, 8) - 0.684).abs() < 1e-3);
+        assert!(
+            (candidate_probability(half_probability_similarity(14, 8), 14, 8) - 0.5).abs() < 1e-9
+        );
     }
 
     #[test]
@@ -289,9 +313,15 @@ mod tests {
         }
         let (sa, sb) = (h.shingles(&a.join(" ")), h.shingles(&b.join(" ")));
         let j = jaccard(&sa, &sb);
-        let (ga, gb) = (h.signature(&a.join(" ")).unwrap(), h.signature(&b.join(" ")).unwrap());
+        let (ga, gb) = (
+            h.signature(&a.join(" ")).unwrap(),
+            h.signature(&b.join(" ")).unwrap(),
+        );
         let agree = ga.iter().zip(&gb).filter(|(x, y)| x == y).count() as f64 / ga.len() as f64;
-        assert!((agree - j).abs() < 0.15, "jaccard {j}, signature agreement {agree}");
+        assert!(
+            (agree - j).abs() < 0.15,
+            "jaccard {j}, signature agreement {agree}"
+        );
         assert_eq!(ga.len(), 112);
     }
 
@@ -305,5 +335,20 @@ mod tests {
         assert!(lsh.insert(5, &a));
         assert!(!lsh.insert(6, " ... "));
         assert_eq!(lsh.near_duplicates(), vec![(5, 0)]);
+    }
+
+    #[test]
+    fn union_find_root_is_the_smallest_member() {
+        // 3 joins 1, then 2 bridges {1, 3} and {0}: all four share root 0.
+        let mut uf = UnionFind::default();
+        for _ in 0..5 {
+            uf.push();
+        }
+        uf.union(1, 3);
+        assert_eq!(uf.find(3), 1);
+        uf.union(0, 2);
+        uf.union(3, 2);
+        assert_eq!((0..4).map(|x| uf.find(x)).collect::<Vec<_>>(), [0, 0, 0, 0]);
+        assert_eq!(uf.find(4), 4);
     }
 }

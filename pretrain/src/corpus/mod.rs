@@ -3,7 +3,7 @@
 //! [`prepare_corpus`] is the whole pipeline, driven by one serde [`CorpusConfig`]:
 //!
 //! 1. stream documents from JSONL / Parquet / text inputs ([`readers`]);
-//! 2. normalise each one ([`normalize`]); whitespace-only documents are `empty`;
+//! 2. normalise each one ([`normalize()`]); whitespace-only documents are `empty`;
 //! 3. drop exact copies of an earlier document ([`dedup`]);
 //! 4. drop (or flag) documents sharing a word 13-gram with an evaluation set ([`decontam`]);
 //! 5. drop near-duplicates found by MinHash LSH, keeping the first of each cluster ([`minhash`]);
@@ -97,7 +97,9 @@ impl CorpusConfig {
         }
         let m = &self.minhash;
         if m.enabled && (m.n_grams == 0 || m.num_buckets == 0 || m.hashes_per_bucket == 0) {
-            return bad("`minhash.n_grams`, `num_buckets` and `hashes_per_bucket` must be at least 1");
+            return bad(
+                "`minhash.n_grams`, `num_buckets` and `hashes_per_bucket` must be at least 1",
+            );
         }
         Ok(())
     }
@@ -122,7 +124,10 @@ pub fn prepare_corpus(config: CorpusConfig) -> Result<CorpusReport> {
     let mut fate: Vec<Option<Reason>> = Vec::new();
     let mut flagged = Vec::new();
     let mut exact = ExactDedup::new();
-    let mut lsh = config.minhash.enabled.then(|| MinhashLsh::new(config.minhash.clone()));
+    let mut lsh = config
+        .minhash
+        .enabled
+        .then(|| MinhashLsh::new(config.minhash.clone()));
     let mut chars_read = 0;
     for doc in read_inputs(&config.inputs)? {
         let doc = doc?;
@@ -132,7 +137,9 @@ pub fn prepare_corpus(config: CorpusConfig) -> Result<CorpusReport> {
         let reason = if text.trim().is_empty() {
             Some(Reason::Empty)
         } else if let Some(first) = config.exact_dedup.then(|| exact.check(&text, i)).flatten() {
-            Some(Reason::ExactDuplicate { of: ids[first].clone() })
+            Some(Reason::ExactDuplicate {
+                of: ids[first].clone(),
+            })
         } else {
             match index.as_ref().and_then(|ix| ix.find(&text)) {
                 Some(hit) => {
@@ -165,7 +172,11 @@ pub fn prepare_corpus(config: CorpusConfig) -> Result<CorpusReport> {
         fate.push(reason);
     }
     if ids.is_empty() {
-        let paths: Vec<_> = config.inputs.iter().map(|s| s.path.display().to_string()).collect();
+        let paths: Vec<_> = config
+            .inputs
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect();
         return Err(Error::Invalid(format!(
             "the corpus is empty: no documents in {}",
             paths.join(", ")
@@ -173,7 +184,9 @@ pub fn prepare_corpus(config: CorpusConfig) -> Result<CorpusReport> {
     }
     if let Some(lsh) = lsh {
         for (dup, kept) in lsh.near_duplicates() {
-            fate[dup] = Some(Reason::NearDuplicate { kept: ids[kept].clone() });
+            fate[dup] = Some(Reason::NearDuplicate {
+                kept: ids[kept].clone(),
+            });
         }
     }
 
@@ -265,7 +278,9 @@ where
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = BufWriter::new(file);
         fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     })();

@@ -137,7 +137,11 @@ pub fn simplify(text: &str) -> String {
 
 /// The words of the matching form of `text` (see [`simplify`]).
 pub fn words(text: &str) -> Vec<String> {
-    simplify(text).split(' ').filter(|w| !w.is_empty()).map(str::to_string).collect()
+    simplify(text)
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]

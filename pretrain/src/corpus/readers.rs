@@ -162,12 +162,12 @@ pub fn read_inputs(inputs: &[InputSpec]) -> Result<impl Iterator<Item = Result<D
             plan.push((spec.clone(), path, format));
         }
     }
-    Ok(plan
-        .into_iter()
-        .flat_map(|(spec, path, format)| match open_file(&spec, &path, format) {
+    Ok(plan.into_iter().flat_map(
+        |(spec, path, format)| match open_file(&spec, &path, format) {
             Ok(docs) => docs,
             Err(e) => Box::new(std::iter::once(Err(e))),
-        }))
+        },
+    ))
 }
 
 type DocIter = Box<dyn Iterator<Item = Result<Document>>>;
@@ -189,7 +189,9 @@ fn open_file(spec: &InputSpec, path: &Path, format: InputFormat) -> Result<DocIt
             }))
         }
         InputFormat::Text => Box::new(read_text_file(path, spec.text_split)?.into_iter().map(Ok)),
-        InputFormat::Parquet => Box::new(ParquetDocs::open(path, &spec.text_field, &spec.id_field)?),
+        InputFormat::Parquet => {
+            Box::new(ParquetDocs::open(path, &spec.text_field, &spec.id_field)?)
+        }
     })
 }
 
@@ -324,7 +326,11 @@ pub fn read_text_file(path: &Path, split: TextSplit) -> Result<Vec<Document>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
+        let line = e.as_bytes()[..valid]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
         Error::Invalid(format!(
             "{}:{line}: not valid UTF-8 (byte offset {valid})",
             path.display()

@@ -95,7 +95,7 @@ pub struct CorpusReport {
     pub chars_read: usize,
     /// Characters written, after normalisation.
     pub chars_kept: usize,
-    /// The Jaccard similarity at which MinHash LSH catches a pair half the time (`None` when off).
+    /// The MinHash LSH threshold `(1/b)^(1/r)`, ≈ 0.72 by default (`None` when off); pairs at it are caught ~65% of the time.
     pub minhash_threshold: Option<f64>,
     /// Distinct evaluation n-grams indexed (0 when decontamination is off).
     pub eval_ngrams: usize,
@@ -116,8 +116,9 @@ impl CorpusReport {
 
     /// Writes the report as pretty JSON to `path`, atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::Invalid(format!("{}: cannot serialize report: {e}", path.display())))?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| {
+            Error::Invalid(format!("{}: cannot serialize report: {e}", path.display()))
+        })?;
         write_file_atomically(path, |w| {
             writeln!(w, "{json}").map_err(|e| Error::io(path, e))
         })

@@ -186,7 +186,11 @@ fn read_index(path: &Path, num_tokens: u64) -> Result<Vec<u64>> {
     let last = ends.last().copied().unwrap_or(0);
     if last != num_tokens {
         let entry = ends.len().saturating_sub(1);
-        let what = if last > num_tokens { "beyond" } else { "short of" };
+        let what = if last > num_tokens {
+            "beyond"
+        } else {
+            "short of"
+        };
         return Err(Error::checkpoint(
             path,
             format!(

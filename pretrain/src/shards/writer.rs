@@ -46,7 +46,10 @@ impl ShardWriter {
             )));
         }
         let name = path.file_name().ok_or_else(|| {
-            Error::Invalid(format!("{}: a shard path needs a file name", path.display()))
+            Error::Invalid(format!(
+                "{}: a shard path needs a file name",
+                path.display()
+            ))
         })?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -107,7 +110,8 @@ impl ShardWriter {
             }
         }
         let data = self.data.as_mut().expect("data file is open until finish");
-        data.write_all(&self.buf).map_err(|e| Error::io(&self.tmp[0], e))?;
+        data.write_all(&self.buf)
+            .map_err(|e| Error::io(&self.tmp[0], e))?;
         self.written += tokens.len() as u64 + 1;
         self.ends.push(self.written);
         Ok(())
