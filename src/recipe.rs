@@ -16,13 +16,19 @@ pub fn load_recipe<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Re
 }
 
 /// Like [`load_recipe`] on recipe text; `origin` names it in errors.
-pub fn parse_recipe<T: DeserializeOwned>(text: &str, origin: &Path, overrides: &[String]) -> Result<T> {
+pub fn parse_recipe<T: DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+    overrides: &[String],
+) -> Result<T> {
     let mut table: toml::Table =
         toml::from_str(text).map_err(|e| Error::config(origin, format!("not valid TOML: {e}")))?;
     for o in overrides {
-        apply_override(&mut table, o).map_err(|m| Error::config(origin, format!("--set {o}: {m}")))?;
+        apply_override(&mut table, o)
+            .map_err(|m| Error::config(origin, format!("--set {o}: {m}")))?;
     }
-    T::deserialize(toml::Value::Table(table)).map_err(|e| Error::config(origin, explain(&e.to_string())))
+    T::deserialize(toml::Value::Table(table))
+        .map_err(|e| Error::config(origin, explain(&e.to_string())))
 }
 
 /// Sets `key.path=value` in `table`, creating intermediate tables.
@@ -35,8 +41,12 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> std::result::Result<()
     let value = parse_value(raw.trim());
     let mut cur = table;
     for p in &parts[..parts.len() - 1] {
-        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
-        cur = entry.as_table_mut().ok_or_else(|| format!("`{p}` is not a table"))?;
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
     }
     cur.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -53,10 +63,16 @@ fn parse_value(raw: &str) -> toml::Value {
 /// Adds "did you mean" to serde's unknown-field / unknown-variant messages.
 fn explain(message: &str) -> String {
     let message = message.trim().to_string();
-    let Some(unknown) = between(&message, "unknown field `", "`").or_else(|| between(&message, "unknown variant `", "`")) else {
+    let Some(unknown) = between(&message, "unknown field `", "`")
+        .or_else(|| between(&message, "unknown variant `", "`"))
+    else {
         return message;
     };
-    let Some(rest) = message.split("expected one of ").nth(1).or_else(|| message.split("expected ").nth(1)) else {
+    let Some(rest) = message
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| message.split("expected ").nth(1))
+    else {
         return message;
     };
     let candidates: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
@@ -81,7 +97,11 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + (ca != *cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + (ca != *cb) as usize)
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -112,25 +132,50 @@ mod tests {
         let r: Outer = parse_recipe(
             "[train]\nmax_steps = 3\n",
             Path::new("r.toml"),
-            &["train.learning_rate=1e-4".into(), "train.name=tiny run".into(), "train.max_steps=7".into()],
+            &[
+                "train.learning_rate=1e-4".into(),
+                "train.name=tiny run".into(),
+                "train.max_steps=7".into(),
+            ],
         )
         .unwrap();
-        assert_eq!(r.train, Inner { max_steps: 7, learning_rate: 1e-4, name: "tiny run".into() });
+        assert_eq!(
+            r.train,
+            Inner {
+                max_steps: 7,
+                learning_rate: 1e-4,
+                name: "tiny run".into()
+            }
+        );
     }
 
     #[test]
     fn unknown_key_is_named_with_a_suggestion() {
-        let e = parse_recipe::<Outer>("[train]\nmax_stepz = 3\n", Path::new("r.toml"), &[]).unwrap_err().to_string();
-        assert!(e.contains("r.toml") && e.contains("max_stepz") && e.contains("did you mean `max_steps`"), "{e}");
-        let e = parse_recipe::<Outer>("", Path::new("r.toml"), &["train.lr=3".into()]).unwrap_err().to_string();
+        let e = parse_recipe::<Outer>("[train]\nmax_stepz = 3\n", Path::new("r.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("r.toml")
+                && e.contains("max_stepz")
+                && e.contains("did you mean `max_steps`"),
+            "{e}"
+        );
+        let e = parse_recipe::<Outer>("", Path::new("r.toml"), &["train.lr=3".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`lr`"), "{e}");
     }
 
     #[test]
     fn malformed_toml_and_override_are_errors() {
-        assert!(parse_recipe::<Outer>("[train\n", Path::new("r.toml"), &[]).unwrap_err().to_string().contains("r.toml"));
+        assert!(parse_recipe::<Outer>("[train\n", Path::new("r.toml"), &[])
+            .unwrap_err()
+            .to_string()
+            .contains("r.toml"));
         assert!(parse_recipe::<Outer>("", Path::new("r.toml"), &["novalue".into()]).is_err());
-        let e = parse_recipe::<Outer>("[train]\nmax_steps = \"many\"\n", Path::new("r.toml"), &[]).unwrap_err().to_string();
+        let e = parse_recipe::<Outer>("[train]\nmax_steps = \"many\"\n", Path::new("r.toml"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_steps") || e.contains("invalid type"), "{e}");
     }
 }

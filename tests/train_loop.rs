@@ -8,7 +8,10 @@
 use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 use smelt::telemetry::MetricsLog;
-use smelt::train::{Algorithm, BatchSource, LossOutput, NextTokenLoss, TokenBatch, TrainConfig, Trainer, IGNORE_INDEX};
+use smelt::train::{
+    Algorithm, BatchSource, LossOutput, NextTokenLoss, TokenBatch, TrainConfig, Trainer,
+    IGNORE_INDEX,
+};
 use smelt::{Model, ModelConfig, ModelType, Result};
 use std::path::Path;
 
@@ -18,9 +21,18 @@ const T: usize = 12;
 /// Row `i`: a deterministic token sequence; the first `i % 4` labels ignored, so rows
 /// have different numbers of trained tokens (the normalisation must account for it).
 fn row(i: usize) -> (Vec<u32>, Vec<i64>) {
-    let ids: Vec<u32> = (0..T).map(|t| ((i * 7 + t * 13 + (i * t) % 5) % VOCAB) as u32).collect();
-    let mut labels: Vec<i64> = ids[1..].iter().map(|&x| x as i64).chain([IGNORE_INDEX]).collect();
-    labels.iter_mut().take(i % 4).for_each(|l| *l = IGNORE_INDEX);
+    let ids: Vec<u32> = (0..T)
+        .map(|t| ((i * 7 + t * 13 + (i * t) % 5) % VOCAB) as u32)
+        .collect();
+    let mut labels: Vec<i64> = ids[1..]
+        .iter()
+        .map(|&x| x as i64)
+        .chain([IGNORE_INDEX])
+        .collect();
+    labels
+        .iter_mut()
+        .take(i % 4)
+        .for_each(|l| *l = IGNORE_INDEX);
     (ids, labels)
 }
 
@@ -34,14 +46,20 @@ struct RowSource {
 
 impl RowSource {
     fn new(rows_per_batch: usize) -> Self {
-        RowSource { rows_per_batch, next_row: 0, total_rows: 400, poison: vec![] }
+        RowSource {
+            rows_per_batch,
+            next_row: 0,
+            total_rows: 400,
+            poison: vec![],
+        }
     }
 }
 
 impl BatchSource<TokenBatch> for RowSource {
     fn next_batch(&mut self) -> Result<Option<TokenBatch>> {
         let start = self.next_row % self.total_rows;
-        let (ids, mut labels): (Vec<_>, Vec<_>) = (start..start + self.rows_per_batch).map(row).unzip();
+        let (ids, mut labels): (Vec<_>, Vec<_>) =
+            (start..start + self.rows_per_batch).map(row).unzip();
         if self.poison.contains(&start) {
             labels[0][0] = -7; // marker understood by `Poisoned`
         }
@@ -73,7 +91,13 @@ impl Algorithm for Poisoned {
     }
     fn loss(&mut self, model: &Model, b: &TokenBatch) -> Result<LossOutput> {
         let marked = b.labels.flatten_all()?.to_vec1::<i64>()?.contains(&-7);
-        let clean = TokenBatch { labels: b.labels.maximum(IGNORE_INDEX)?.clamp(IGNORE_INDEX, i64::MAX)?, ..b.clone() };
+        let clean = TokenBatch {
+            labels: b
+                .labels
+                .maximum(IGNORE_INDEX)?
+                .clamp(IGNORE_INDEX, i64::MAX)?,
+            ..b.clone()
+        };
         let clean = if marked { unmark(&clean)? } else { clean };
         let mut out = self.inner.loss(model, &clean)?;
         if marked {
@@ -85,8 +109,18 @@ impl Algorithm for Poisoned {
 
 fn unmark(b: &TokenBatch) -> Result<TokenBatch> {
     let labels: Vec<Vec<i64>> = b.labels.to_vec2()?;
-    let labels: Vec<Vec<i64>> = labels.into_iter().map(|r| r.into_iter().map(|l| if l == -7 { IGNORE_INDEX } else { l }).collect()).collect();
-    Ok(TokenBatch { labels: Tensor::new(labels, &Device::Cpu)?, ..b.clone() })
+    let labels: Vec<Vec<i64>> = labels
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|l| if l == -7 { IGNORE_INDEX } else { l })
+                .collect()
+        })
+        .collect();
+    Ok(TokenBatch {
+        labels: Tensor::new(labels, &Device::Cpu)?,
+        ..b.clone()
+    })
 }
 
 fn model() -> Model {
@@ -111,20 +145,33 @@ fn records(dir: &Path) -> Vec<Value> {
 }
 
 fn series(recs: &[Value], key: &str) -> Vec<f64> {
-    recs.iter().filter(|r| r.get("event").is_none()).map(|r| r[key].as_f64().unwrap()).collect()
+    recs.iter()
+        .filter(|r| r.get("event").is_none())
+        .map(|r| r[key].as_f64().unwrap())
+        .collect()
 }
 
 #[test]
 fn batch_8_equals_batch_1_times_accumulation_8() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    Trainer::new(model(), None, NextTokenLoss, config(a.path(), 10, 1)).unwrap().fit(&mut RowSource::new(8)).unwrap();
-    Trainer::new(model(), None, NextTokenLoss, config(b.path(), 10, 8)).unwrap().fit(&mut RowSource::new(1)).unwrap();
+    Trainer::new(model(), None, NextTokenLoss, config(a.path(), 10, 1))
+        .unwrap()
+        .fit(&mut RowSource::new(8))
+        .unwrap();
+    Trainer::new(model(), None, NextTokenLoss, config(b.path(), 10, 8))
+        .unwrap()
+        .fit(&mut RowSource::new(1))
+        .unwrap();
     let (ra, rb) = (records(a.path()), records(b.path()));
     assert_eq!(ra.len(), 10);
     for key in ["loss", "grad_norm"] {
         let (sa, sb) = (series(&ra, key), series(&rb, key));
         for (step, (x, y)) in sa.iter().zip(&sb).enumerate() {
-            assert!((x - y).abs() <= 1e-5, "{key} at step {}: {x} vs {y}", step + 1);
+            assert!(
+                (x - y).abs() <= 1e-5,
+                "{key} at step {}: {x} vs {y}",
+                step + 1
+            );
         }
     }
     // the loss actually moved, so the comparison covered real updates
@@ -145,22 +192,42 @@ fn resumed_run_reproduces_the_uninterrupted_run_bit_for_bit() {
         // each "process" gets a fresh model and data source, as after a crash
         let mut c = cfg.clone();
         c.stop_after_steps = stop;
-        Trainer::new(model(), None, NextTokenLoss, c).unwrap().fit(&mut RowSource::new(2)).unwrap();
+        Trainer::new(model(), None, NextTokenLoss, c)
+            .unwrap()
+            .fit(&mut RowSource::new(2))
+            .unwrap();
     }
     let resumed = Trainer::new(model(), None, NextTokenLoss, cfg).unwrap();
     let (ra, rb) = (records(a.path()), records(b.path()));
     assert_eq!(series(&ra, "step"), series(&rb, "step"));
-    assert_eq!(series(&ra, "loss"), series(&rb, "loss"), "losses must be bit-identical");
+    assert_eq!(
+        series(&ra, "loss"),
+        series(&rb, "loss"),
+        "losses must be bit-identical"
+    );
     // final weights: load `latest` of both runs
-    let (wa, _) = smelt::checkpoint::load_folder(&a.path().join("latest"), &Device::Cpu, false).unwrap();
-    let (wb, _) = smelt::checkpoint::load_folder(&b.path().join("latest"), &Device::Cpu, false).unwrap();
+    let (wa, _) =
+        smelt::checkpoint::load_folder(&a.path().join("latest"), &Device::Cpu, false).unwrap();
+    let (wb, _) =
+        smelt::checkpoint::load_folder(&b.path().join("latest"), &Device::Cpu, false).unwrap();
     for ((n, x), (_, y)) in wa.named_tensors().iter().zip(wb.named_tensors()) {
-        let d: f32 = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d: f32 = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert_eq!(d, 0.0, "{n} differs after resume");
     }
     drop(resumed);
     // keep_last prunes old checkpoints
-    let n = std::fs::read_dir(b.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).count();
+    let n = std::fs::read_dir(b.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .count();
     assert!(n <= 3, "{n} checkpoints kept");
 }
 
@@ -174,14 +241,20 @@ fn huge_loss(t: Tensor) -> Tensor {
 
 #[test]
 fn nan_batch_rolls_back_skips_and_recovers() {
-    for (poison, reason) in [(nan_loss as fn(Tensor) -> Tensor, "non-finite"), (huge_loss, "spike")] {
+    for (poison, reason) in [
+        (nan_loss as fn(Tensor) -> Tensor, "non-finite"),
+        (huge_loss, "spike"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path(), 20, 1);
         cfg.save_every = 5;
         cfg.spike_guard.min_history = 5;
         let mut source = RowSource::new(2);
         source.poison = vec![2 * 12]; // the batch of step 13
-        let algo = Poisoned { inner: NextTokenLoss, poison };
+        let algo = Poisoned {
+            inner: NextTokenLoss,
+            poison,
+        };
         let mut trainer = Trainer::new(model(), None, algo, cfg).unwrap();
         let summary = trainer.fit(&mut source).unwrap();
         assert!(summary.finished);
@@ -190,11 +263,24 @@ fn nan_batch_rolls_back_skips_and_recovers() {
         let events: Vec<&Value> = recs.iter().filter(|r| r.get("event").is_some()).collect();
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0]["bad_step"], 13);
-        assert_eq!(events[0]["step"], 10, "rolled back to the step-10 checkpoint");
-        assert!(events[0]["reason"].as_str().unwrap().contains(reason), "{:?}", events[0]);
+        assert_eq!(
+            events[0]["step"], 10,
+            "rolled back to the step-10 checkpoint"
+        );
+        assert!(
+            events[0]["reason"].as_str().unwrap().contains(reason),
+            "{:?}",
+            events[0]
+        );
         let losses = series(&recs, "loss");
-        assert_eq!(series(&recs, "step"), (1..=20).map(|s| s as f64).collect::<Vec<_>>());
-        assert!(losses.iter().all(|l| l.is_finite() && *l < 10.0), "{losses:?}");
+        assert_eq!(
+            series(&recs, "step"),
+            (1..=20).map(|s| s as f64).collect::<Vec<_>>()
+        );
+        assert!(
+            losses.iter().all(|l| l.is_finite() && *l < 10.0),
+            "{losses:?}"
+        );
         // the skipped batches are never seen again: 20 good steps + the 3 lost ones
         assert_eq!(source.cursor()["next_row"], 2 * 23);
     }
@@ -205,8 +291,13 @@ fn bad_config_values_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 10, 1);
     cfg.grad_accumulation_steps = 0;
-    let e = Trainer::new(model(), None, NextTokenLoss, cfg).err().unwrap().to_string();
+    let e = Trainer::new(model(), None, NextTokenLoss, cfg)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("grad_accumulation_steps"), "{e}");
-    let e = toml::from_str::<TrainConfig>("max_stepz = 3").unwrap_err().to_string();
+    let e = toml::from_str::<TrainConfig>("max_stepz = 3")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("max_stepz"), "{e}");
 }

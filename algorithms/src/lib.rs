@@ -10,3 +10,5 @@
 //! Today it re-exports its dependencies so downstream code can already depend on it.
 pub use smelt;
 pub use smelt_rollouts;
+pub mod dpo;
+pub mod sft;

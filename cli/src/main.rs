@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Pretrain a model from a recipe (corpus → tokenizer → shards → training), resuming if interrupted.
+    Pretrain(commands::pretrain::PretrainArgs),
     /// Generate text from a model (HF folder, hub id or .gguf), streaming tokens to stdout.
     Generate(commands::generate::GenerateArgs),
     /// Convert a checkpoint (GGUF, HF folder or hub id) into an HF folder (f32 safetensors).
@@ -27,6 +29,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Convert(args) => commands::convert::run(args),
     }

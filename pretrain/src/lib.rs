@@ -10,6 +10,8 @@ pub mod bpe;
 pub mod corpus;
 pub mod mixture;
 pub mod packing;
+pub mod recipe;
+pub mod run;
 pub mod shards;
 
 pub use smelt;

@@ -173,7 +173,7 @@ mod tests {
 
     #[test]
     fn humanize_matches_python_humanize_metric() {
-        // Values printed by Python `humanize.metric(x, "T")` (humanize 4.x).
+        // Values printed by Python `humanize.metric(x, "T")` (humanize 4.17).
         assert_eq!(humanize_metric(0.0, "T"), "0.00 T");
         assert_eq!(humanize_metric(5.0, "T"), "5.00 T");
         assert_eq!(humanize_metric(1234.0, "T"), "1.23 kT");

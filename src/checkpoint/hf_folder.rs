@@ -113,10 +113,17 @@ pub fn save_pretrained(model: &Model, tokenizer: Option<&Tokenizer>, dir: &Path)
 /// `generation_config.json`, tokenizer files) into the existing directory `dir`, not
 /// atomically: callers wrap it in [`write_dir_atomically`] together with their own
 /// files (a training checkpoint adds optimizer and trainer state beside them).
-pub fn write_pretrained_files(model: &Model, tokenizer: Option<&Tokenizer>, dir: &Path) -> Result<()> {
+pub fn write_pretrained_files(
+    model: &Model,
+    tokenizer: Option<&Tokenizer>,
+    dir: &Path,
+) -> Result<()> {
     write_safetensors(&dir.join("model.safetensors"), &model.named_tensors())?;
     write_json(&dir.join("config.json"), &model.config().to_hf_json())?;
-    write_json(&dir.join("generation_config.json"), &generation_config(model.config()))?;
+    write_json(
+        &dir.join("generation_config.json"),
+        &generation_config(model.config()),
+    )?;
     if let Some(t) = tokenizer {
         t.save(dir)?;
     }

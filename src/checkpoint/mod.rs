@@ -26,7 +26,9 @@ pub mod safetensors_io;
 
 pub use atomic::write_dir_atomically;
 pub use gguf::{read_gguf, GgufImport};
-pub use hf_folder::{generation_config, load_folder, load_weights, save_pretrained, write_pretrained_files};
+pub use hf_folder::{
+    generation_config, load_folder, load_weights, save_pretrained, write_pretrained_files,
+};
 pub use hub::HubRepo;
 pub use safetensors_io::{read_safetensors, read_sharded, write_safetensors};
 

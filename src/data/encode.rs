@@ -36,17 +36,26 @@ pub struct SftEncodeOptions {
 
 impl Default for SftEncodeOptions {
     fn default() -> Self {
-        SftEncodeOptions { max_length: Some(1024), assistant_only_loss: false, completion_only_loss: None }
+        SftEncodeOptions {
+            max_length: Some(1024),
+            assistant_only_loss: false,
+            completion_only_loss: None,
+        }
     }
 }
 
 /// Tokenizes one record for SFT; `Ok(None)` when truncation left no target token.
-pub fn encode_sft(tok: &Tokenizer, record: &Record, opts: &SftEncodeOptions) -> Result<Option<SftExample>> {
+pub fn encode_sft(
+    tok: &Tokenizer,
+    record: &Record,
+    opts: &SftEncodeOptions,
+) -> Result<Option<SftExample>> {
     let (input_ids, loss_mask) = match record {
         Record::Text { text } => {
             if opts.assistant_only_loss {
                 return Err(Error::Invalid(
-                    "assistant_only_loss needs conversational data, but a record is plain `text`".into(),
+                    "assistant_only_loss needs conversational data, but a record is plain `text`"
+                        .into(),
                 ));
             }
             let ids = tok.encode(&with_eos(tok, text)?, true)?;
@@ -59,7 +68,10 @@ pub fn encode_sft(tok: &Tokenizer, record: &Record, opts: &SftEncodeOptions) -> 
             let (prompt_ids, (ids, assistant)) = match (prompt, completion) {
                 (Turns::Conversation(p), Turns::Conversation(c)) => {
                     let full: Vec<Message> = p.iter().chain(c).cloned().collect();
-                    (tok.encode(&tok.apply_chat_template(p, true)?, false)?, chat(tok, &full, opts.assistant_only_loss)?)
+                    (
+                        tok.encode(&tok.apply_chat_template(p, true)?, false)?,
+                        chat(tok, &full, opts.assistant_only_loss)?,
+                    )
                 }
                 (Turns::Text(p), Turns::Text(c)) => {
                     if opts.assistant_only_loss {
@@ -71,7 +83,11 @@ pub fn encode_sft(tok: &Tokenizer, record: &Record, opts: &SftEncodeOptions) -> 
                     let n = ids.len();
                     (tok.encode(p, true)?, (ids, vec![1u8; n]))
                 }
-                _ => return Err(Error::Invalid("prompt and completion must be of the same kind".into())),
+                _ => {
+                    return Err(Error::Invalid(
+                        "prompt and completion must be of the same kind".into(),
+                    ))
+                }
             };
             let start = common_prefix_length(&prompt_ids, &ids);
             let mask = assistant
@@ -82,16 +98,31 @@ pub fn encode_sft(tok: &Tokenizer, record: &Record, opts: &SftEncodeOptions) -> 
             (ids, mask)
         }
         Record::Preference { .. } => {
-            return Err(Error::Invalid("a preference record cannot be encoded for SFT (use encode_preference)".into()))
+            return Err(Error::Invalid(
+                "a preference record cannot be encoded for SFT (use encode_preference)".into(),
+            ))
         }
     };
-    Ok(truncate(SftExample { input_ids, loss_mask }, opts.max_length))
+    Ok(truncate(
+        SftExample {
+            input_ids,
+            loss_mask,
+        },
+        opts.max_length,
+    ))
 }
 
 /// Tokenizes one preference record as TRL's DPO does (no truncation: that is the DPO collator's job).
 pub fn encode_preference(tok: &Tokenizer, record: &Record) -> Result<PreferenceExample> {
-    let Record::Preference { prompt, chosen, rejected } = record else {
-        return Err(Error::Invalid("encode_preference needs a preference record (`chosen` / `rejected`)".into()));
+    let Record::Preference {
+        prompt,
+        chosen,
+        rejected,
+    } = record
+    else {
+        return Err(Error::Invalid(
+            "encode_preference needs a preference record (`chosen` / `rejected`)".into(),
+        ));
     };
     let (prompt_ids, chosen_full, rejected_full) = match (prompt, chosen, rejected) {
         (Turns::Conversation(p), Turns::Conversation(c), Turns::Conversation(r)) => {
@@ -99,16 +130,25 @@ pub fn encode_preference(tok: &Tokenizer, record: &Record) -> Result<PreferenceE
                 let full: Vec<Message> = p.iter().chain(rest).cloned().collect();
                 tok.encode(&tok.apply_chat_template(&full, false)?, false)
             };
-            (tok.encode(&tok.apply_chat_template(p, true)?, false)?, render(c)?, render(r)?)
+            (
+                tok.encode(&tok.apply_chat_template(p, true)?, false)?,
+                render(c)?,
+                render(r)?,
+            )
         }
         (Turns::Text(p), Turns::Text(c), Turns::Text(r)) => (
             tok.encode(p, true)?,
             tok.encode(&format!("{p}{}", with_eos(tok, c)?), true)?,
             tok.encode(&format!("{p}{}", with_eos(tok, r)?), true)?,
         ),
-        _ => return Err(Error::Invalid("prompt, chosen and rejected must be of the same kind".into())),
+        _ => {
+            return Err(Error::Invalid(
+                "prompt, chosen and rejected must be of the same kind".into(),
+            ))
+        }
     };
-    let n = common_prefix_length(&prompt_ids, &chosen_full).min(common_prefix_length(&prompt_ids, &rejected_full));
+    let n = common_prefix_length(&prompt_ids, &chosen_full)
+        .min(common_prefix_length(&prompt_ids, &rejected_full));
     Ok(PreferenceExample {
         prompt_ids: prompt_ids[..n].to_vec(),
         chosen_ids: chosen_full[n..].to_vec(),
@@ -132,7 +172,11 @@ pub fn truncate(mut ex: SftExample, max_length: Option<usize>) -> Option<SftExam
 }
 
 /// A rendered conversation and its mask: the assistant mask, or all ones.
-fn chat(tok: &Tokenizer, messages: &[Message], assistant_only: bool) -> Result<(Vec<u32>, Vec<u8>)> {
+fn chat(
+    tok: &Tokenizer,
+    messages: &[Message],
+    assistant_only: bool,
+) -> Result<(Vec<u32>, Vec<u8>)> {
     if assistant_only {
         let (ids, mask) = tok.apply_chat_template_with_assistant_mask(messages)?;
         if !mask.contains(&1) {
@@ -151,8 +195,12 @@ fn chat(tok: &Tokenizer, messages: &[Message], assistant_only: bool) -> Result<(
 
 /// `text` with the EOS string appended unless it already ends with it (TRL `add_eos`).
 fn with_eos(tok: &Tokenizer, text: &str) -> Result<String> {
-    let eos = tok
-        .eos_token()
-        .ok_or_else(|| Error::Invalid("the tokenizer has no EOS token to end plain-text examples with".into()))?;
-    Ok(if text.ends_with(eos) { text.to_string() } else { format!("{text}{eos}") })
+    let eos = tok.eos_token().ok_or_else(|| {
+        Error::Invalid("the tokenizer has no EOS token to end plain-text examples with".into())
+    })?;
+    Ok(if text.ends_with(eos) {
+        text.to_string()
+    } else {
+        format!("{text}{eos}")
+    })
 }

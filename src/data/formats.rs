@@ -139,20 +139,31 @@ pub struct RecordOptions {
 
 impl Default for RecordOptions {
     fn default() -> Self {
-        RecordOptions { format: None, columns: BTreeMap::new(), dataset_text_field: "text".into() }
+        RecordOptions {
+            format: None,
+            columns: BTreeMap::new(),
+            dataset_text_field: "text".into(),
+        }
     }
 }
 
 impl Record {
     /// Validates a raw row (after renames) into a record; errors name `loc`.
-    pub fn from_row(mut row: Map<String, Value>, opts: &RecordOptions, loc: &Location) -> Result<Record> {
+    pub fn from_row(
+        mut row: Map<String, Value>,
+        opts: &RecordOptions,
+        loc: &Location,
+    ) -> Result<Record> {
         for (from, to) in &opts.columns {
             if let Some(v) = row.remove(from) {
                 row.insert(to.clone(), v);
             }
         }
         let renamed_from = |col: &str| {
-            opts.columns.iter().find(|(_, to)| to.as_str() == col).map(|(from, _)| from.clone())
+            opts.columns
+                .iter()
+                .find(|(_, to)| to.as_str() == col)
+                .map(|(from, _)| from.clone())
         };
         let take = |row: &mut Map<String, Value>, col: &str| -> Result<Value> {
             match row.remove(col) {
@@ -164,13 +175,15 @@ impl Record {
             }
         };
         let has = |row: &Map<String, Value>, col: &str| row.get(col).is_some_and(|v| !v.is_null());
-        let format = opts.format.unwrap_or(if has(&row, "chosen") || has(&row, "rejected") {
-            DatasetFormat::Preference
-        } else if has(&row, "prompt") || has(&row, "completion") {
-            DatasetFormat::PromptCompletion
-        } else {
-            DatasetFormat::LanguageModeling
-        });
+        let format = opts
+            .format
+            .unwrap_or(if has(&row, "chosen") || has(&row, "rejected") {
+                DatasetFormat::Preference
+            } else if has(&row, "prompt") || has(&row, "completion") {
+                DatasetFormat::PromptCompletion
+            } else {
+                DatasetFormat::LanguageModeling
+            });
         match format {
             DatasetFormat::LanguageModeling => {
                 if has(&row, "messages") {
@@ -182,10 +195,17 @@ impl Record {
                 } else {
                     let field = &opts.dataset_text_field;
                     match take(&mut row, field) {
-                        Ok(Value::String(text)) if text.is_empty() => Err(loc.error(format!("empty `{field}`"))),
+                        Ok(Value::String(text)) if text.is_empty() => {
+                            Err(loc.error(format!("empty `{field}`")))
+                        }
                         Ok(Value::String(text)) => Ok(Record::Text { text }),
-                        Ok(other) => Err(loc.error(format!("column `{field}`: expected a string, found {}", kind(&other)))),
-                        Err(_) => Err(loc.error(format!("missing column `{field}` (or `messages`)"))),
+                        Ok(other) => Err(loc.error(format!(
+                            "column `{field}`: expected a string, found {}",
+                            kind(&other)
+                        ))),
+                        Err(_) => {
+                            Err(loc.error(format!("missing column `{field}` (or `messages`)")))
+                        }
                     }
                 }
             }
@@ -202,17 +222,32 @@ impl Record {
                 let chosen = turns(take(&mut row, "chosen")?, "chosen", loc)?;
                 let rejected = turns(take(&mut row, "rejected")?, "rejected", loc)?;
                 let (prompt, chosen, rejected) = if has(&row, "prompt") {
-                    (turns(take(&mut row, "prompt")?, "prompt", loc)?, chosen, rejected)
+                    (
+                        turns(take(&mut row, "prompt")?, "prompt", loc)?,
+                        chosen,
+                        rejected,
+                    )
                 } else {
                     extract_prompt(chosen, rejected, loc)?
                 };
-                same_kind(&[(&prompt, "prompt"), (&chosen, "chosen"), (&rejected, "rejected")], loc)?;
+                same_kind(
+                    &[
+                        (&prompt, "prompt"),
+                        (&chosen, "chosen"),
+                        (&rejected, "rejected"),
+                    ],
+                    loc,
+                )?;
                 for (t, name) in [(&chosen, "chosen"), (&rejected, "rejected")] {
                     if t.is_empty() {
                         return Err(loc.error(format!("empty completion in `{name}`")));
                     }
                 }
-                Ok(Record::Preference { prompt, chosen, rejected })
+                Ok(Record::Preference {
+                    prompt,
+                    chosen,
+                    rejected,
+                })
             }
         }
     }
@@ -244,9 +279,15 @@ fn extract_prompt(chosen: Turns, rejected: Turns, loc: &Location) -> Result<(Tur
             let (cc, rc): (Vec<char>, Vec<char>) = (c.chars().collect(), r.chars().collect());
             let i = split_at(&cc, &rc, |ch| *ch == ' ');
             let byte = c.char_indices().nth(i).map_or(c.len(), |(b, _)| b);
-            Ok((Turns::Text(c[..byte].into()), Turns::Text(c[byte..].into()), Turns::Text(r[byte..].into())))
+            Ok((
+                Turns::Text(c[..byte].into()),
+                Turns::Text(c[byte..].into()),
+                Turns::Text(r[byte..].into()),
+            ))
         }
-        _ => Err(loc.error("`chosen` and `rejected` must both be strings or both be conversations")),
+        _ => {
+            Err(loc.error("`chosen` and `rejected` must both be strings or both be conversations"))
+        }
     }
 }
 
@@ -275,7 +316,10 @@ fn turns(v: Value, col: &str, loc: &Location) -> Result<Turns> {
 
 fn conversation(v: Value, col: &str, loc: &Location) -> Result<Vec<Message>> {
     let Value::Array(items) = v else {
-        return Err(loc.error(format!("column `{col}`: expected a list of messages, found {}", kind(&v))));
+        return Err(loc.error(format!(
+            "column `{col}`: expected a list of messages, found {}",
+            kind(&v)
+        )));
     };
     items
         .into_iter()
@@ -283,18 +327,34 @@ fn conversation(v: Value, col: &str, loc: &Location) -> Result<Vec<Message>> {
         .map(|(i, m)| {
             let at = |msg: String| loc.error(format!("column `{col}`, message {i}: {msg}"));
             let Value::Object(mut m) = m else {
-                return Err(at(format!("expected a {{role, content}} object, found {}", kind(&m))));
+                return Err(at(format!(
+                    "expected a {{role, content}} object, found {}",
+                    kind(&m)
+                )));
             };
             let role = match m.remove("role") {
                 Some(Value::String(r)) => r,
-                other => return Err(at(format!("`role` must be a string, found {}", kind_opt(&other)))),
+                other => {
+                    return Err(at(format!(
+                        "`role` must be a string, found {}",
+                        kind_opt(&other)
+                    )))
+                }
             };
             if !KNOWN_ROLES.contains(&role.as_str()) {
-                return Err(at(format!("unknown role `{role}` (expected one of {})", KNOWN_ROLES.join(", "))));
+                return Err(at(format!(
+                    "unknown role `{role}` (expected one of {})",
+                    KNOWN_ROLES.join(", ")
+                )));
             }
             let content = match m.remove("content") {
                 Some(Value::String(c)) => c,
-                other => return Err(at(format!("`content` must be a string, found {}", kind_opt(&other)))),
+                other => {
+                    return Err(at(format!(
+                        "`content` must be a string, found {}",
+                        kind_opt(&other)
+                    )))
+                }
             };
             Ok(Message { role, content })
         })

@@ -28,12 +28,18 @@ pub fn read_rows(path: &Path) -> Result<Box<dyn Iterator<Item = Result<RawRow>>>
     match ext {
         "jsonl" | "json" => Ok(Box::new(JsonlRows::open(path)?)),
         "parquet" => Ok(Box::new(ParquetRows::open(path)?)),
-        _ => Err(Error::config(path, "unknown dataset file type (expected .jsonl, .json or .parquet)")),
+        _ => Err(Error::config(
+            path,
+            "unknown dataset file type (expected .jsonl, .json or .parquet)",
+        )),
     }
 }
 
 /// Validated records of `path` (see [`Record::from_row`]), streaming.
-pub fn read_records(path: &Path, opts: &RecordOptions) -> Result<impl Iterator<Item = Result<(Location, Record)>>> {
+pub fn read_records(
+    path: &Path,
+    opts: &RecordOptions,
+) -> Result<impl Iterator<Item = Result<(Location, Record)>>> {
     let opts = opts.clone();
     Ok(read_rows(path)?.map(move |row| {
         let (loc, row) = row?;
@@ -53,7 +59,11 @@ impl JsonlRows {
     /// Opens `path` for streaming.
     pub fn open(path: &Path) -> Result<Self> {
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
-        Ok(JsonlRows { file: path.to_path_buf(), lines: BufReader::new(f).lines(), line: 0 })
+        Ok(JsonlRows {
+            file: path.to_path_buf(),
+            lines: BufReader::new(f).lines(),
+            line: 0,
+        })
     }
 }
 
@@ -64,7 +74,10 @@ impl Iterator for JsonlRows {
         loop {
             let text = self.lines.next()?;
             self.line += 1;
-            let loc = Location::Line { file: self.file.clone(), line: self.line };
+            let loc = Location::Line {
+                file: self.file.clone(),
+                line: self.line,
+            };
             let text = match text {
                 Ok(t) => t,
                 Err(e) => return Some(Err(loc.error(format!("cannot read: {e}")))),
@@ -94,7 +107,11 @@ impl ParquetRows {
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
         let reader = SerializedFileReader::new(f)
             .map_err(|e| Error::config(path, format!("not a readable Parquet file: {e}")))?;
-        Ok(ParquetRows { file: path.to_path_buf(), rows: reader.into_iter(), row: 0 })
+        Ok(ParquetRows {
+            file: path.to_path_buf(),
+            rows: reader.into_iter(),
+            row: 0,
+        })
     }
 }
 
@@ -103,7 +120,10 @@ impl Iterator for ParquetRows {
 
     fn next(&mut self) -> Option<Self::Item> {
         let row = self.rows.next()?;
-        let loc = Location::Row { file: self.file.clone(), row: self.row };
+        let loc = Location::Row {
+            file: self.file.clone(),
+            row: self.row,
+        };
         self.row += 1;
         Some(match row {
             Ok(row) => match row_to_json(&row) {
@@ -117,7 +137,11 @@ impl Iterator for ParquetRows {
 
 /// A Parquet record as a JSON object (column name → value).
 fn row_to_json(row: &Row) -> Value {
-    Value::Object(row.get_column_iter().map(|(name, field)| (name.clone(), field_to_json(field))).collect())
+    Value::Object(
+        row.get_column_iter()
+            .map(|(name, field)| (name.clone(), field_to_json(field)))
+            .collect(),
+    )
 }
 
 /// One Parquet field as JSON: strings, numbers, booleans, nested lists and structs.
@@ -133,13 +157,20 @@ fn field_to_json(field: &Field) -> Value {
         Field::UShort(n) => (*n).into(),
         Field::UInt(n) => (*n).into(),
         Field::ULong(n) => (*n).into(),
-        Field::Float(x) => serde_json::Number::from_f64(f64::from(*x)).map_or(Value::Null, Value::Number),
+        Field::Float(x) => {
+            serde_json::Number::from_f64(f64::from(*x)).map_or(Value::Null, Value::Number)
+        }
         Field::Double(x) => serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number),
         Field::Str(s) => Value::String(s.clone()),
         Field::Group(row) => row_to_json(row),
-        Field::ListInternal(list) => Value::Array(list.elements().iter().map(field_to_json).collect()),
+        Field::ListInternal(list) => {
+            Value::Array(list.elements().iter().map(field_to_json).collect())
+        }
         Field::MapInternal(map) => Value::Object(
-            map.entries().iter().map(|(k, v)| (key_string(k), field_to_json(v))).collect(),
+            map.entries()
+                .iter()
+                .map(|(k, v)| (key_string(k), field_to_json(v)))
+                .collect(),
         ),
         // Bytes, decimals, dates and timestamps never carry TRL columns; keep them visible.
         other => Value::String(other.to_string()),

@@ -515,9 +515,11 @@ fn parse_rope(f: &Fields) -> Result<(f64, RopeScaling)> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
         },
-        other => return Err(f.err(format!(
+        other => {
+            return Err(f.err(format!(
             "field `{key}.rope_type`: unsupported `{other}` (supported: default, linear, llama3)"
-        ))),
+        )))
+        }
     };
     Ok((theta, scaling))
 }

@@ -228,7 +228,11 @@ impl Model {
             if t.dims() != var.dims() {
                 return Err(Error::checkpoint(
                     source,
-                    format!("tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims()),
+                    format!(
+                        "tensor `{name}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 ));
             }
             var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;

@@ -75,16 +75,29 @@ pub fn cross_entropy_sum(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, f6
     };
     let labels = labels.to_dtype(DType::I64)?;
     let mask = labels.ge(0i64)?; // (N,) u8
-    let safe = mask.where_cond(&labels, &labels.zeros_like()?)?.to_dtype(DType::U32)?; // (N,)
+    let safe = mask
+        .where_cond(&labels, &labels.zeros_like()?)?
+        .to_dtype(DType::U32)?; // (N,)
     let max = logits.max_keepdim(D::Minus1)?.detach(); // (N, 1), constant for stability
-    let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?; // (N, 1)
+    let lse = (logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        + &max)?; // (N, 1)
     let picked = logits.gather(&safe.unsqueeze(1)?, 1)?; // (N, 1)
     let maskf = mask.to_dtype(logits.dtype())?; // (N,)
     let nll = (lse - picked)?.squeeze(1)?; // (N,)
     let loss_sum = (nll * &maskf)?.sum_all()?;
     let count = maskf.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-    let hits = logits.argmax(D::Minus1)?.eq(&safe)?.to_dtype(logits.dtype())?; // (N,)
-    let correct = (hits * maskf)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let hits = logits
+        .argmax(D::Minus1)?
+        .eq(&safe)?
+        .to_dtype(logits.dtype())?; // (N,)
+    let correct = (hits * maskf)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
     Ok((loss_sum, count, correct))
 }
 
@@ -228,7 +241,8 @@ mod tests {
     fn cross_entropy_sum_matches_hand_values_and_ignores_masked() {
         let dev = Device::Cpu;
         // row 0: logits [0, ln 3] -> p(label 1) = 3/4; row 1 ignored; row 2: uniform over 2 -> ln 2
-        let logits = Tensor::from_slice(&[0f32, 3f32.ln(), 5.0, -5.0, 1.0, 1.0], (3, 2), &dev).unwrap();
+        let logits =
+            Tensor::from_slice(&[0f32, 3f32.ln(), 5.0, -5.0, 1.0, 1.0], (3, 2), &dev).unwrap();
         let labels = Tensor::from_slice(&[1i64, IGNORE_INDEX, 0], 3, &dev).unwrap();
         let (sum, count, correct) = cross_entropy_sum(&logits, &labels).unwrap();
         let want = -(0.75f64).ln() + 2f64.ln();
@@ -237,6 +251,11 @@ mod tests {
         assert_eq!(correct, 2.0); // argmax ties pick index 0 = label of row 2
         let x = data(6);
         let labels64 = Tensor::from_slice(&[1i64, IGNORE_INDEX, 0], 3, &dev).unwrap();
-        check_grad(&x, &[3, 2], |l| Ok(cross_entropy_sum(l, &labels64)?.0.to_dtype(DType::F64)?.reshape(1)?));
+        check_grad(&x, &[3, 2], |l| {
+            Ok(cross_entropy_sum(l, &labels64)?
+                .0
+                .to_dtype(DType::F64)?
+                .reshape(1)?)
+        });
     }
 }

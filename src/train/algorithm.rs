@@ -40,7 +40,10 @@ impl Metrics {
 
     /// Weighted means, by metric name.
     pub fn means(&self) -> BTreeMap<String, f64> {
-        self.sums.iter().map(|(k, (s, w))| (k.clone(), if *w > 0.0 { s / w } else { 0.0 })).collect()
+        self.sums
+            .iter()
+            .map(|(k, (s, w))| (k.clone(), if *w > 0.0 { s / w } else { 0.0 }))
+            .collect()
     }
 
     /// The raw sum of metric `name` (e.g. a token count).

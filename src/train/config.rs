@@ -79,7 +79,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Checks ranges; errors name the key.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, msg: String| Err(Error::config("train config", format!("`{key}`: {msg}")));
+        let bad =
+            |key: &str, msg: String| Err(Error::config("train config", format!("`{key}`: {msg}")));
         if self.max_steps == 0 {
             return bad("max_steps", "must be at least 1".into());
         }
@@ -87,7 +88,10 @@ impl TrainConfig {
             return bad("grad_accumulation_steps", "must be at least 1".into());
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad("learning_rate", format!("must be positive, got {}", self.learning_rate));
+            return bad(
+                "learning_rate",
+                format!("must be positive, got {}", self.learning_rate),
+            );
         }
         if self.max_grad_norm < 0.0 {
             return bad("max_grad_norm", "must be >= 0".into());
@@ -140,7 +144,12 @@ impl Default for SpikeGuardConfig {
 
 impl SpikeGuardConfig {
     fn validate(&self) -> Result<()> {
-        let bad = |key: &str, msg: &str| Err(Error::config("train config", format!("`spike_guard.{key}`: {msg}")));
+        let bad = |key: &str, msg: &str| {
+            Err(Error::config(
+                "train config",
+                format!("`spike_guard.{key}`: {msg}"),
+            ))
+        };
         if self.window < 2 {
             return bad("window", "must be at least 2");
         }

@@ -37,20 +37,30 @@ impl TokenBatch {
             || !input_ids.iter().all(|r| same(r.len()))
             || !labels.iter().all(|r| same(r.len()))
             || labels.len() != input_ids.len()
-            || position_ids.is_some_and(|p| p.len() != input_ids.len() || !p.iter().all(|r| same(r.len())))
+            || position_ids
+                .is_some_and(|p| p.len() != input_ids.len() || !p.iter().all(|r| same(r.len())))
         {
-            return Err(Error::Invalid("TokenBatch: rows must be non-empty and of equal length".into()));
+            return Err(Error::Invalid(
+                "TokenBatch: rows must be non-empty and of equal length".into(),
+            ));
         }
         Ok(TokenBatch {
             input_ids: Tensor::new(input_ids.to_vec(), device)?,
-            position_ids: position_ids.map(|p| Tensor::new(p.to_vec(), device)).transpose()?,
+            position_ids: position_ids
+                .map(|p| Tensor::new(p.to_vec(), device))
+                .transpose()?,
             labels: Tensor::new(labels.to_vec(), device)?,
         })
     }
 
     /// Number of labelled (trained) tokens.
     pub fn trained_tokens(&self) -> Result<f64> {
-        Ok(self.labels.ge(0i64)?.to_dtype(candle_core::DType::F64)?.sum_all()?.to_scalar::<f64>()?)
+        Ok(self
+            .labels
+            .ge(0i64)?
+            .to_dtype(candle_core::DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?)
     }
 }
 
@@ -73,7 +83,8 @@ impl Algorithm for NextTokenLoss {
         let logits = model.forward(&batch.input_ids, batch.position_ids.as_ref())?; // (B, T, V)
         let (b, t, v) = logits.dims3()?;
         let labels = batch.labels.reshape(b * t)?; // (B*T,)
-        let (loss_sum, count, correct) = crate::ops::cross_entropy_sum(&logits.reshape((b * t, v))?, &labels)?;
+        let (loss_sum, count, correct) =
+            crate::ops::cross_entropy_sum(&logits.reshape((b * t, v))?, &labels)?;
         let mut metrics = Metrics::new();
         metrics.add("token_accuracy", correct, count);
         metrics.add("trained_tokens", count, 1.0);

@@ -63,10 +63,19 @@ mod tests {
 
     #[test]
     fn flags_non_finite_and_spikes_but_not_noise() {
-        let cfg = SpikeGuardConfig { min_history: 5, ..Default::default() };
+        let cfg = SpikeGuardConfig {
+            min_history: 5,
+            ..Default::default()
+        };
         let mut d = SpikeDetector::default();
-        assert!(matches!(d.judge(&cfg, f64::NAN, 1.0), Verdict::NonFinite(_)));
-        assert!(matches!(d.judge(&cfg, 1.0, f64::INFINITY), Verdict::NonFinite(_)));
+        assert!(matches!(
+            d.judge(&cfg, f64::NAN, 1.0),
+            Verdict::NonFinite(_)
+        ));
+        assert!(matches!(
+            d.judge(&cfg, 1.0, f64::INFINITY),
+            Verdict::NonFinite(_)
+        ));
         for i in 0..10 {
             assert_eq!(d.judge(&cfg, 3.0 + 0.01 * (i % 3) as f64, 1.0), Verdict::Ok);
         }

@@ -13,7 +13,9 @@
 //! weights are not all finite is refused, never written.
 
 use super::spike::SpikeDetector;
-use crate::checkpoint::{read_safetensors, write_dir_atomically, write_pretrained_files, write_safetensors};
+use crate::checkpoint::{
+    read_safetensors, write_dir_atomically, write_pretrained_files, write_safetensors,
+};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::optim::AdamW;
@@ -62,17 +64,28 @@ pub struct CheckpointParts<'a> {
 
 /// Writes the checkpoint for `parts.state.step`, points `latest` at it and prunes old
 /// ones beyond `keep_last`. Returns its directory.
-pub fn save_checkpoint(run_dir: &Path, parts: &CheckpointParts, keep_last: usize) -> Result<PathBuf> {
+pub fn save_checkpoint(
+    run_dir: &Path,
+    parts: &CheckpointParts,
+    keep_last: usize,
+) -> Result<PathBuf> {
     ensure_finite(parts.model)?;
     let dir = checkpoint_dir(run_dir, parts.state.step);
     write_dir_atomically(&dir, |tmp| {
         write_pretrained_files(parts.model, parts.tokenizer, tmp)?;
-        write_safetensors(&tmp.join("optimizer.safetensors"), &parts.optimizer.state_tensors())?;
-        let mut state = serde_json::to_value(parts.state).map_err(|e| Error::Invalid(e.to_string()))?;
+        write_safetensors(
+            &tmp.join("optimizer.safetensors"),
+            &parts.optimizer.state_tensors(),
+        )?;
+        let mut state =
+            serde_json::to_value(parts.state).map_err(|e| Error::Invalid(e.to_string()))?;
         state["optimizer_steps"] = parts.optimizer.steps_taken().into();
         write_json(&tmp.join("trainer_state.json"), &state)?;
         write_json(&tmp.join("data_cursor.json"), parts.cursor)?;
-        write_json(&tmp.join("rng.json"), &serde_json::json!({ "seed": parts.seed }))
+        write_json(
+            &tmp.join("rng.json"),
+            &serde_json::json!({ "seed": parts.seed }),
+        )
     })?;
     point_latest(run_dir, &dir)?;
     prune(run_dir, keep_last, &dir)?;
@@ -86,7 +99,13 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
         Ok(target) => {
             let dir = run_dir.join(target);
             if !dir.join("trainer_state.json").is_file() {
-                return Err(Error::checkpoint(&link, format!("points at {} which is not a complete checkpoint", dir.display())));
+                return Err(Error::checkpoint(
+                    &link,
+                    format!(
+                        "points at {} which is not a complete checkpoint",
+                        dir.display()
+                    ),
+                ));
             }
             Ok(Some(dir))
         }
@@ -96,7 +115,11 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Restores weights and optimizer from `dir`; returns the loop state and data cursor.
-pub fn load_checkpoint(dir: &Path, model: &Model, optimizer: &mut AdamW) -> Result<(TrainerState, serde_json::Value)> {
+pub fn load_checkpoint(
+    dir: &Path,
+    model: &Model,
+    optimizer: &mut AdamW,
+) -> Result<(TrainerState, serde_json::Value)> {
     let weights_path = dir.join("model.safetensors");
     let mut weights = read_safetensors(&weights_path)?;
     if model.config().tie_word_embeddings {
@@ -108,14 +131,19 @@ pub fn load_checkpoint(dir: &Path, model: &Model, optimizer: &mut AdamW) -> Resu
     let optimizer_steps = raw["optimizer_steps"].as_u64().unwrap_or(0);
     let state: TrainerState = serde_json::from_value(raw)
         .map_err(|e| Error::checkpoint(&state_path, format!("malformed trainer state: {e}")))?;
-    optimizer.load_state(read_safetensors(&dir.join("optimizer.safetensors"))?, optimizer_steps)?;
+    optimizer.load_state(
+        read_safetensors(&dir.join("optimizer.safetensors"))?,
+        optimizer_steps,
+    )?;
     let cursor = read_json(&dir.join("data_cursor.json"))?;
     Ok((state, cursor))
 }
 
 /// Removes temporary directories a killed process left behind (`.checkpoint-*.tmp-*`).
 pub fn clean_stale_temps(run_dir: &Path) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(run_dir) else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return Ok(());
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(".checkpoint-") && (name.contains(".tmp-") || name.contains(".old-")) {
@@ -131,7 +159,10 @@ pub fn clean_stale_temps(run_dir: &Path) -> Result<()> {
 fn ensure_finite(model: &Model) -> Result<()> {
     for (name, var) in model.vars() {
         // 0·x is 0 for finite x and NaN for NaN or ±inf
-        let probe = (var.as_tensor() * 0.0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let probe = (var.as_tensor() * 0.0)?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
         if !probe.is_finite() {
             return Err(Error::Invalid(format!(
                 "refusing to write a checkpoint: parameter `{name}` has non-finite values"
@@ -142,7 +173,9 @@ fn ensure_finite(model: &Model) -> Result<()> {
 }
 
 fn point_latest(run_dir: &Path, dir: &Path) -> Result<()> {
-    let name = dir.file_name().ok_or_else(|| Error::Invalid("checkpoint dir has no name".into()))?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::Invalid("checkpoint dir has no name".into()))?;
     let tmp = run_dir.join(format!(".latest.tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(name, &tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -159,7 +192,11 @@ fn prune(run_dir: &Path, keep_last: usize, current: &Path) -> Result<()> {
         .map_err(|e| Error::io(run_dir, e))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("checkpoint-")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("checkpoint-"))
+        })
         .collect();
     dirs.sort();
     let excess = dirs.len().saturating_sub(keep_last);

@@ -69,11 +69,29 @@ struct StepResult {
 
 impl<A: Algorithm> Trainer<A> {
     /// A trainer for `model` with `algorithm`; the tokenizer (if any) is saved in checkpoints.
-    pub fn new(model: Model, tokenizer: Option<Tokenizer>, algorithm: A, config: TrainConfig) -> Result<Self> {
+    pub fn new(
+        model: Model,
+        tokenizer: Option<Tokenizer>,
+        algorithm: A,
+        config: TrainConfig,
+    ) -> Result<Self> {
         config.validate()?;
         let optimizer = AdamW::new(model.vars(), config.optimizer.clone())?;
-        let state = TrainerState { lr_scale: 1.0, algorithm: algorithm.name().to_string(), ..Default::default() };
-        Ok(Trainer { config, model, tokenizer, algorithm, optimizer, state, evaluator: None, flops_per_token: None })
+        let state = TrainerState {
+            lr_scale: 1.0,
+            algorithm: algorithm.name().to_string(),
+            ..Default::default()
+        };
+        Ok(Trainer {
+            config,
+            model,
+            tokenizer,
+            algorithm,
+            optimizer,
+            state,
+            evaluator: None,
+            flops_per_token: None,
+        })
     }
 
     /// Sets the evaluation hook run every `eval_every` steps and at the end.
@@ -115,9 +133,14 @@ impl<A: Algorithm> Trainer<A> {
         let metrics_path = run_dir.join("metrics.jsonl");
         let mut log = MetricsLog::open(&metrics_path)?;
         log.truncate_after_step(self.state.step)?;
-        let mut progress = Progress::new(self.config.max_steps, self.state.step, self.config.progress);
+        let mut progress =
+            Progress::new(self.config.max_steps, self.state.step, self.config.progress);
         if self.state.step > 0 {
-            progress.println(&format!("resumed from step {} in {}", self.state.step, run_dir.display()));
+            progress.println(&format!(
+                "resumed from step {} in {}",
+                self.state.step,
+                run_dir.display()
+            ));
         }
         let mut monitor = ThroughputMonitor::new(self.config.throughput.clone())?;
         let (mut steps_this_process, mut last_loss, mut finished) = (0u64, f64::NAN, false);
@@ -126,15 +149,23 @@ impl<A: Algorithm> Trainer<A> {
                 finished = true;
                 break;
             }
-            if self.config.stop_after_steps > 0 && steps_this_process >= self.config.stop_after_steps {
+            if self.config.stop_after_steps > 0
+                && steps_this_process >= self.config.stop_after_steps
+            {
                 break;
             }
             let step = self.state.step;
             self.algorithm.before_step(step, &self.model)?;
             let started = Instant::now();
-            let Some(mut result) = self.forward_backward(data)? else { break };
+            let Some(mut result) = self.forward_backward(data)? else {
+                break;
+            };
             let grad_norm = clip_grad_norm(&mut result.grads, self.config.max_grad_norm)?;
-            match self.state.spike.judge(&self.config.spike_guard, result.loss, grad_norm) {
+            match self
+                .state
+                .spike
+                .judge(&self.config.spike_guard, result.loss, grad_norm)
+            {
                 Verdict::Ok => {}
                 bad => {
                     self.roll_back(&bad, data, &mut log, &progress)?;
@@ -161,30 +192,49 @@ impl<A: Algorithm> Trainer<A> {
             for (k, v) in result.metrics.means() {
                 record[k] = v.into();
             }
-            if let Some(f) = self.flops_per_token.filter(|_| self.config.peak_flops > 0.0) {
+            if let Some(f) = self
+                .flops_per_token
+                .filter(|_| self.config.peak_flops > 0.0)
+            {
                 record["mfu"] = telemetry::mfu(f, tokens_per_s, self.config.peak_flops).into();
             }
-            if let Some(w) = monitor.observe(self.state.step, tokens_per_s, result.data_wait_s, step_s) {
+            if let Some(w) =
+                monitor.observe(self.state.step, tokens_per_s, result.data_wait_s, step_s)
+            {
                 progress.println(&format!("warning: {}", w.message));
                 record["warning"] = w.message.clone().into();
             }
             let last = self.state.step == self.config.max_steps;
-            if self.evaluator.is_some() && (last || (self.config.eval_every > 0 && self.state.step % self.config.eval_every == 0)) {
-                for (k, v) in (self.evaluator.as_mut().expect("checked"))(&self.model, self.state.step)? {
+            if self.evaluator.is_some()
+                && (last
+                    || (self.config.eval_every > 0
+                        && self.state.step % self.config.eval_every == 0))
+            {
+                for (k, v) in
+                    (self.evaluator.as_mut().expect("checked"))(&self.model, self.state.step)?
+                {
                     record[format!("eval_{k}")] = v.into();
                 }
             }
-            if last || self.state.step % self.config.log_every == 0 || record.get("eval_loss").is_some() {
+            if last
+                || self.state.step % self.config.log_every == 0
+                || record.get("eval_loss").is_some()
+            {
                 log.write(&record)?;
             }
             progress.update(self.state.step, result.loss, lr, tokens_per_s);
-            let save_now = self.config.save_every > 0 && self.state.step % self.config.save_every == 0;
+            let save_now =
+                self.config.save_every > 0 && self.state.step % self.config.save_every == 0;
             if save_now || last {
                 self.save(&*data)?;
             }
         }
         progress.finish();
-        let plots = if finished && self.config.plots { telemetry::plot_metrics(&metrics_path, &run_dir.join("plots"))? } else { vec![] };
+        let plots = if finished && self.config.plots {
+            telemetry::plot_metrics(&metrics_path, &run_dir.join("plots"))?
+        } else {
+            vec![]
+        };
         Ok(TrainSummary {
             step: self.state.step,
             last_loss,
@@ -199,7 +249,10 @@ impl<A: Algorithm> Trainer<A> {
 
     /// Draws the step's micro-batches, runs forward and backward on each, and returns
     /// the accumulated gradients; `None` when the data is exhausted.
-    fn forward_backward(&mut self, data: &mut dyn BatchSource<A::Batch>) -> Result<Option<StepResult>> {
+    fn forward_backward(
+        &mut self,
+        data: &mut dyn BatchSource<A::Batch>,
+    ) -> Result<Option<StepResult>> {
         let wait_start = Instant::now();
         let mut micro = Vec::new();
         for _ in 0..self.config.grad_accumulation_steps {
@@ -224,7 +277,10 @@ impl<A: Algorithm> Trainer<A> {
         let (mut loss_sum, mut metrics) = (0.0f64, Metrics::new());
         for batch in &micro {
             let out = self.algorithm.loss(&self.model, batch)?;
-            loss_sum += out.loss_sum.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            loss_sum += out
+                .loss_sum
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             // d(loss_sum / units): every micro-batch is weighted by its share of the step's units
             let grads = (out.loss_sum / units)?.backward()?;
             for (slot, (_, var)) in acc.iter_mut().zip(params) {
@@ -243,7 +299,13 @@ impl<A: Algorithm> Trainer<A> {
             .map(|(g, (_, var))| g.map_or_else(|| var.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let tokens = metrics.sum("tokens");
-        Ok(Some(StepResult { loss: loss_sum / units, grads, metrics, tokens, data_wait_s }))
+        Ok(Some(StepResult {
+            loss: loss_sum / units,
+            grads,
+            metrics,
+            tokens,
+            data_wait_s,
+        }))
     }
 
     /// Handles a bad step: restore the last good checkpoint (weights, optimizer, step)
@@ -262,7 +324,10 @@ impl<A: Algorithm> Trainer<A> {
             Verdict::Ok => return Ok(()),
         };
         if !guard.enabled {
-            return Err(Error::Invalid(format!("step {}: {reason} (spike guard disabled)", self.state.step + 1)));
+            return Err(Error::Invalid(format!(
+                "step {}: {reason} (spike guard disabled)",
+                self.state.step + 1
+            )));
         }
         let (rollbacks, mut lr_scale) = (self.state.rollbacks + 1, self.state.lr_scale);
         if rollbacks > guard.max_rollbacks {

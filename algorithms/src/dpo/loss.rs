@@ -120,10 +120,15 @@ pub struct LossParams {
     pub bco_delta: f64,
 }
 
-/// `ln σ(x) = −relu(−x) − ln(1 + e^{−|x|})`, stable for large `|x|`, any shape.
+/// `ln σ(x) = min(x, 0) − ln(1 + e^{−|x|})`, stable for large `|x|`, any shape.
+///
+/// `min(x, 0)` is written `(x − |x|) / 2` so that both terms use the same one-sided
+/// derivative of `|x|` at 0 and the gradient there is the true 1/2 (a `relu` would
+/// add a second kink and give 3/2).
 pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
-    let soft = (x.abs()?.neg()?.exp()? + 1.0)?.log()?; // ln(1 + e^{−|x|})
-    x.neg()?.relu()?.neg()? - soft
+    let abs = x.abs()?;
+    let soft = (abs.neg()?.exp()? + 1.0)?.log()?; // ln(1 + e^{−|x|})
+    ((x - &abs)? * 0.5)? - soft
 }
 
 /// `σ(x) = exp(ln σ(x))`.
@@ -196,7 +201,7 @@ fn apo_down(p: &PairLogps, beta: f64) -> Result<Tensor> {
 
 fn sft(p: &PairLogps) -> Result<Tensor> {
     let n = p.chosen_tokens.clamp(1.0, f64::INFINITY)?; // (B,)
-    (p.chosen.neg()? / n) // (B,)  mean NLL per chosen token
+    p.chosen.neg()? / n // (B,)  mean NLL per chosen token
 }
 
 /// A running mean of scalar batch means (TRL's `RunningMoments.mean` before 1.x): after
@@ -247,8 +252,19 @@ pub struct DpoLoss {
 
 impl DpoLoss {
     /// Sum of `weight × kind` over `terms`.
-    pub fn new(terms: Vec<(DpoLossType, f64)>, beta: f64, label_smoothing: f64, bco_running_mean: bool) -> Self {
-        DpoLoss { terms, beta, label_smoothing, bco_running_mean, running: RunningMean::default() }
+    pub fn new(
+        terms: Vec<(DpoLossType, f64)>,
+        beta: f64,
+        label_smoothing: f64,
+        bco_running_mean: bool,
+    ) -> Self {
+        DpoLoss {
+            terms,
+            beta,
+            label_smoothing,
+            bco_running_mean,
+            running: RunningMean::default(),
+        }
     }
 
     /// The (kind, weight) terms.
@@ -268,10 +284,17 @@ impl DpoLoss {
         let mut bco_delta = 0.0;
         if self.bco_running_mean && self.terms.iter().any(|(k, _)| *k == DpoLossType::BcoPair) {
             let all = Tensor::cat(&[&chosen_rewards, &rejected_rewards], 0)?; // (2B,)
-            let batch_mean = all.to_dtype(candle_core::DType::F64)?.mean_all()?.to_scalar::<f64>()?;
+            let batch_mean = all
+                .to_dtype(candle_core::DType::F64)?
+                .mean_all()?
+                .to_scalar::<f64>()?;
             bco_delta = self.running.update(batch_mean);
         }
-        let params = LossParams { beta: self.beta, label_smoothing: self.label_smoothing, bco_delta };
+        let params = LossParams {
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            bco_delta,
+        };
         let mut total: Option<Tensor> = None;
         for (kind, weight) in &self.terms {
             let term = (kind.per_pair(p, &params)? * *weight)?; // (B,)
@@ -284,7 +307,11 @@ impl DpoLoss {
             Some(t) => t,
             None => p.chosen.zeros_like()?,
         };
-        Ok(PairLosses { losses, chosen_rewards, rejected_rewards })
+        Ok(PairLosses {
+            losses,
+            chosen_rewards,
+            rejected_rewards,
+        })
     }
 }
 
@@ -324,8 +351,15 @@ mod tests {
     }
 
     fn value(kind: DpoLossType, beta: f64, eps: f64, delta: f64) -> f64 {
-        let p = LossParams { beta, label_smoothing: eps, bco_delta: delta };
-        kind.per_pair(&worked(), &p).unwrap().to_vec1::<f64>().unwrap()[0]
+        let p = LossParams {
+            beta,
+            label_smoothing: eps,
+            bco_delta: delta,
+        };
+        kind.per_pair(&worked(), &p)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()[0]
     }
 
     fn close(got: f64, want: f64) {
@@ -335,7 +369,10 @@ mod tests {
     /// β = 0.1, βh = 0.1: −ln σ(0.1) = ln(1 + e^{−0.1}) = 0.6443966600735709.
     #[test]
     fn sigmoid_hand_value() {
-        close(value(DpoLossType::Sigmoid, 0.1, 0.0, 0.0), 0.6443966600735709);
+        close(
+            value(DpoLossType::Sigmoid, 0.1, 0.0, 0.0),
+            0.6443966600735709,
+        );
     }
 
     /// β = 0.1: relu(1 − βh) = relu(1 − 0.1) = 0.9.
@@ -357,17 +394,29 @@ mod tests {
     /// With ε = 0 it is the sigmoid loss.
     #[test]
     fn robust_hand_value() {
-        close(value(DpoLossType::Robust, 0.1, 0.1, 0.0), 0.6318966600735709);
-        close(value(DpoLossType::Robust, 0.1, 0.0, 0.0), 0.6443966600735709);
+        close(
+            value(DpoLossType::Robust, 0.1, 0.1, 0.0),
+            0.6318966600735709,
+        );
+        close(
+            value(DpoLossType::Robust, 0.1, 0.0, 0.0),
+            0.6443966600735709,
+        );
     }
 
     /// β = 0.1, δ = 0: βΔc = 0.05, βΔr = −0.05:
-    /// −ln σ(0.05) − ln σ(0.05) = 2 ln(1 + e^{−0.05}) = 2 · 0.6684345239060544 = 1.3368690478121088.
-    /// δ = 0.05: −ln σ(0) − ln σ(0.1) = ln 2 + 0.6443966600735709 = 1.3375438406335162.
+    /// −ln σ(0.05) − ln σ(0.05) = 2 ln(1 + e^{−0.05}) = 2 · 0.6684596480132863 = 1.3369192960265726.
+    /// δ = 0.05: −ln σ(0) − ln σ(0.1) = ln 2 + 0.6443966600735709 = 1.3375438406335163.
     #[test]
     fn bco_pair_hand_value() {
-        close(value(DpoLossType::BcoPair, 0.1, 0.0, 0.0), 1.3368690478121088);
-        close(value(DpoLossType::BcoPair, 0.1, 0.0, 0.05), 1.3375438406335162);
+        close(
+            value(DpoLossType::BcoPair, 0.1, 0.0, 0.0),
+            1.3369192960265726,
+        );
+        close(
+            value(DpoLossType::BcoPair, 0.1, 0.0, 0.05),
+            1.3375438406335163,
+        );
     }
 
     /// β = 0.1: 1/(2β) = 5: (0.5 − 5)² + (−0.5 + 5)² = 20.25 + 20.25 = 40.5.
@@ -377,23 +426,32 @@ mod tests {
     }
 
     /// β = 0.1: βΔc = 0.05, βΔr = −0.05:
-    /// −ln σ(0.05) − ½ ln σ(−0.05) − ½ ln σ(0.05) = 1.5 · 0.6684345239060544 + 0.5 · 0.7184345239060544
-    /// = 1.0026517858590816 + 0.3592172619530272 = 1.3618690478121088.
+    /// −ln σ(0.05) − ½ ln σ(−0.05) − ½ ln σ(0.05) = 1.5 · 0.6684596480132863 + 0.5 · 0.7184596480132863
+    /// = 1.0026894720199295 + 0.3592298240066432 = 1.3619192960265727.
     #[test]
     fn nca_pair_hand_value() {
-        close(value(DpoLossType::NcaPair, 0.1, 0.0, 0.0), 1.3618690478121088);
+        close(
+            value(DpoLossType::NcaPair, 0.1, 0.0, 0.0),
+            1.3619192960265727,
+        );
     }
 
-    /// β = 0.1: 1 − σ(0.05) + σ(−0.05) = 2 σ(−0.05) = 2 · 0.48750260394961 = 0.97500520789922.
+    /// β = 0.1: 1 − σ(0.05) + σ(−0.05) = 2 σ(−0.05) = 2 · 0.4875026035157896 = 0.9750052070315793.
     #[test]
     fn apo_zero_hand_value() {
-        close(value(DpoLossType::ApoZero, 0.1, 0.0, 0.0), 0.9750052078992200);
+        close(
+            value(DpoLossType::ApoZero, 0.1, 0.0, 0.0),
+            0.9750052070315793,
+        );
     }
 
-    /// β = 0.1: σ(0.05) + 1 − σ(0.1) = 0.51249739605039 + 1 − 0.52497918747894 = 0.98751820857145.
+    /// β = 0.1: σ(0.05) + 1 − σ(0.1) = 0.5124973964842103 + 1 − 0.52497918747894 = 0.9875182090052703.
     #[test]
     fn apo_down_hand_value() {
-        close(value(DpoLossType::ApoDown, 0.1, 0.0, 0.0), 0.9875182085714500);
+        close(
+            value(DpoLossType::ApoDown, 0.1, 0.0, 0.0),
+            0.9875182090052703,
+        );
     }
 
     /// −log πc / nc = 1 / 2 = 0.5 (β plays no part).
@@ -403,21 +461,41 @@ mod tests {
         close(value(DpoLossType::Sft, 7.0, 0.0, 0.0), 0.5);
     }
 
-    /// ln σ is exact far out in both tails (no overflow, no cancellation to 0).
+    /// ln σ is finite and accurate far out in both tails (no overflow to inf or NaN);
+    /// its gradient at 0 is σ(0) = 1/2.
     #[test]
     fn log_sigmoid_is_stable() {
-        let v = log_sigmoid(&t(&[-800.0, 0.0, 800.0, 40.0])).unwrap().to_vec1::<f64>().unwrap();
+        let v = log_sigmoid(&t(&[-800.0, 0.0, 800.0, 40.0]))
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
         close(v[0], -800.0);
         close(v[1], -(2f64.ln()));
         close(v[2], 0.0);
-        assert!((v[3] + (-40f64).exp()).abs() < 1e-25);
+        assert!(v[3].abs() < 1e-15); // true value −e^{−40} ≈ −4.2e−18
+        let x = Var::new(&[0.0f64], &Device::Cpu).unwrap();
+        let g = log_sigmoid(x.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            g.get(x.as_tensor()).unwrap().to_vec1::<f64>().unwrap()[0],
+            0.5,
+        );
     }
 
     /// A weighted list is the weighted sum of its terms: RPO = sigmoid + α·sft with α = 0.5:
     /// 0.6443966600735709 + 0.5 · 0.5 = 0.8943966600735709; rewards are β·Δ = ±0.05.
     #[test]
     fn combination_is_weighted_sum() {
-        let mut loss = DpoLoss::new(vec![(DpoLossType::Sigmoid, 1.0), (DpoLossType::Sft, 0.5)], 0.1, 0.0, false);
+        let mut loss = DpoLoss::new(
+            vec![(DpoLossType::Sigmoid, 1.0), (DpoLossType::Sft, 0.5)],
+            0.1,
+            0.0,
+            false,
+        );
         let out = loss.compute(&worked()).unwrap();
         close(out.losses.to_vec1::<f64>().unwrap()[0], 0.8943966600735709);
         close(out.chosen_rewards.to_vec1::<f64>().unwrap()[0], 0.05);
@@ -430,8 +508,13 @@ mod tests {
     #[test]
     fn bco_running_mean_updates_before_use() {
         let mut loss = DpoLoss::new(vec![(DpoLossType::BcoPair, 1.0)], 0.1, 0.0, true);
-        let first = loss.compute(&worked()).unwrap().losses.to_vec1::<f64>().unwrap()[0];
-        close(first, 1.3368690478121088);
+        let first = loss
+            .compute(&worked())
+            .unwrap()
+            .losses
+            .to_vec1::<f64>()
+            .unwrap()[0];
+        close(first, 1.3369192960265726);
         let mut second = worked();
         second.chosen = t(&[0.0]);
         loss.compute(&second).unwrap();
@@ -454,7 +537,11 @@ mod tests {
         let nc = t(&[3.0, 2.0, 5.0]);
         let nr = t(&[4.0, 1.0, 2.0]);
         let w = t(&[0.7, -1.3, 0.4]);
-        let params = LossParams { beta: 0.3, label_smoothing: 0.15, bco_delta: 0.02 };
+        let params = LossParams {
+            beta: 0.3,
+            label_smoothing: 0.15,
+            bco_delta: 0.02,
+        };
         for kind in KINDS {
             let eval = |c: &Tensor, r: &Tensor| -> Tensor {
                 let p = PairLogps {
@@ -465,20 +552,29 @@ mod tests {
                     chosen_tokens: nc.clone(),
                     rejected_tokens: nr.clone(),
                 };
-                (kind.per_pair(&p, &params).unwrap() * &w).unwrap().sum_all().unwrap()
+                (kind.per_pair(&p, &params).unwrap() * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
             };
             let vc = Var::new(&pc, &dev).unwrap();
             let vr = Var::new(&pr, &dev).unwrap();
             let grads = eval(vc.as_tensor(), vr.as_tensor()).backward().unwrap();
             let gc = grads.get(vc.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
             // the rejected logps do not enter `sft`: no gradient is a zero gradient
-            let gr = grads.get(vr.as_tensor()).map_or(vec![0.0; 3], |g| g.to_vec1::<f64>().unwrap());
+            let gr = grads
+                .get(vr.as_tensor())
+                .map_or(vec![0.0; 3], |g| g.to_vec1::<f64>().unwrap());
             let h = 1e-6;
             for i in 0..3 {
                 for (which, g) in [(0, &gc), (1, &gr)] {
                     let shifted = |d: f64| {
                         let (mut c, mut r) = (pc, pr);
-                        if which == 0 { c[i] += d } else { r[i] += d }
+                        if which == 0 {
+                            c[i] += d
+                        } else {
+                            r[i] += d
+                        }
                         eval(&t(&c), &t(&r)).to_scalar::<f64>().unwrap()
                     };
                     let fd = (shifted(h) - shifted(-h)) / (2.0 * h);
