@@ -11,4 +11,6 @@
 pub use smelt;
 pub use smelt_rollouts;
 pub mod dpo;
+pub mod grpo;
+pub mod recipes;
 pub mod sft;

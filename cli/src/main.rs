@@ -20,17 +20,29 @@ struct Cli {
 enum Command {
     /// Pretrain a model from a recipe (corpus → tokenizer → shards → training), resuming if interrupted.
     Pretrain(commands::pretrain::PretrainArgs),
+    /// Supervised fine-tuning from a recipe (TRL SFTTrainer semantics), resuming if interrupted.
+    Sft(commands::sft::SftArgs),
+    /// DPO (and its loss family) from a recipe (TRL DPOTrainer semantics), resuming if interrupted.
+    Dpo(commands::dpo::DpoArgs),
     /// Generate text from a model (HF folder, hub id or .gguf), streaming tokens to stdout.
     Generate(commands::generate::GenerateArgs),
     /// Convert a checkpoint (GGUF, HF folder or hub id) into an HF folder (f32 safetensors).
     Convert(commands::convert::ConvertArgs),
+    /// Evaluate a checkpoint on eval tasks; with `--gate`, exit 1 on a regression against a baseline.
+    Eval(commands::eval::EvalArgs),
+    /// Benchmark a workload of `shared/bench` (train-step, generate) and print its JSON line.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Pretrain(args) => commands::pretrain::run(args),
+        Command::Sft(args) => commands::sft::run(args),
+        Command::Dpo(args) => commands::dpo::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     }
 }

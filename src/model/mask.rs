@@ -73,6 +73,38 @@ pub fn decode_causal(t_past: usize, t_new: usize, device: &Device) -> Result<Opt
     Ok(Some(Tensor::from_vec(mask, (1, 1, t_new, total), device)?))
 }
 
+/// Additive mask `(B, 1, T_new, T_past + T_new)` for batched decoding of left-padded
+/// rows: row `r`'s first `left_pad[r]` slots (cached or new) are padding and never
+/// attended; otherwise as [`decode_causal`]. A padding query attends only to itself (so
+/// its softmax stays finite; its output is never used). `None` when no row is padded
+/// and a single token is decoded.
+pub fn decode_left_padded(
+    left_pad: &[usize],
+    t_past: usize,
+    t_new: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if left_pad.iter().all(|&p| p == 0) {
+        return decode_causal(t_past, t_new, device);
+    }
+    let total = t_past + t_new;
+    let mut mask = Vec::with_capacity(left_pad.len() * t_new * total);
+    for &pad in left_pad {
+        for i in 0..t_new {
+            let q = t_past + i; // the query's slot
+            for j in 0..total {
+                let visible = if q < pad { j == q } else { j >= pad && j <= q };
+                mask.push(if visible { 0.0 } else { MASKED });
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(
+        mask,
+        (left_pad.len(), 1, t_new, total),
+        device,
+    )?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +136,14 @@ mod tests {
         let m: Vec<Vec<f32>> = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, 0.0, MASKED]);
         assert_eq!(m[1], vec![0.0; 4]);
+    }
+
+    #[test]
+    fn left_padded_mask_hides_each_rows_padding() {
+        let m = decode_left_padded(&[0, 2], 3, 1, &Device::Cpu).unwrap().unwrap();
+        let m: Vec<Vec<f32>> = m.squeeze(1).unwrap().squeeze(1).unwrap().to_vec2().unwrap();
+        assert_eq!(m[0], vec![0.0; 4]);
+        assert_eq!(m[1], vec![MASKED, MASKED, 0.0, 0.0]);
+        assert!(decode_left_padded(&[0, 0], 3, 1, &Device::Cpu).unwrap().is_none());
     }
 }

@@ -298,6 +298,58 @@ impl Model {
         self.logits(&hidden)
     }
 
+    /// Batched generation step for rows of different lengths: like [`Model::decode`],
+    /// but row `r`'s first `left_pad[r]` slots (in `cache` followed by `input_ids`) are
+    /// padding. Padding is never attended and positions count from the first real
+    /// slot, so each row's logits equal those of decoding it alone (to float rounding).
+    /// `input_ids` `(B, T_new)` → logits `(B, T_new, V)`.
+    pub fn decode_left_padded(
+        &self,
+        input_ids: &Tensor,
+        left_pad: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        if cache.num_layers() != self.layers.len() {
+            return Err(Error::Invalid(format!(
+                "KvCache has {} layers, model has {}",
+                cache.num_layers(),
+                self.layers.len()
+            )));
+        }
+        let (b, t_new) = input_ids.dims2()?;
+        let past = cache.len();
+        if left_pad.len() != b {
+            return Err(Error::Invalid(format!(
+                "decode_left_padded: {} paddings for a batch of {b}",
+                left_pad.len()
+            )));
+        }
+        if cache.batch_size().is_some_and(|cb| cb != b) {
+            return Err(Error::Invalid(format!(
+                "decode_left_padded: cache holds {:?} rows, input has {b}",
+                cache.batch_size()
+            )));
+        }
+        if let Some(&p) = left_pad.iter().find(|&&p| p >= past + t_new) {
+            return Err(Error::Invalid(format!(
+                "decode_left_padded: padding {p} leaves no real token in {} slots",
+                past + t_new
+            )));
+        }
+        let positions: Vec<Vec<u32>> = left_pad
+            .iter()
+            .map(|&pad| {
+                (past..past + t_new)
+                    .map(|slot| slot.saturating_sub(pad) as u32)
+                    .collect()
+            })
+            .collect();
+        let mask = mask::decode_left_padded(left_pad, past, t_new, &self.device)?;
+        let hidden = self.hidden_states(input_ids, &positions, mask.as_ref(), Some(cache))?;
+        cache.advance(t_new);
+        self.logits(&hidden)
+    }
+
     /// `lm_head` applied to hidden states `(B, T, H)` → logits `(B, T, V)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let (b, t, h) = hidden.dims3()?;

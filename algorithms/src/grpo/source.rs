@@ -1,0 +1,266 @@
+//! `GrpoSource`: the `BatchSource` that turns generation batches into micro-batches.
+//!
+//! Each optimizer step trains on one generation batch (`per_device_train_batch_size ×
+//! grad_accumulation_steps` completions, groups of `num_generations`), split into
+//! `grad_accumulation_steps` micro-batches, reused for `num_iterations` (μ) steps.
+//!
+//! The key decision: the source holds a clone of the trainer's `Model`, which *shares* its
+//! `Var`s — so it always sees the current weights without the loop having to pass them.
+//! Synchronously it generates from them directly; asynchronously it publishes a deep copy
+//! to the [`RolloutService`] at each step's first draw (version = steps drawn so far) and
+//! takes the next fresh-enough batch. Both paths call the same [`Generator`] on the same
+//! prompts and seeds, so with `max_staleness = 0` they train identically.
+//!
+//! Resume: the cursor holds the next generation-batch index, the draws so far and — when
+//! a batch is being reused (μ > 1) — the batch itself with its old log-probs, so a resumed
+//! run regenerates nothing it cannot reproduce. With `max_staleness > 0`, batches that
+//! were in flight at the checkpoint are regenerated from the *current* weights (the older
+//! snapshot is not saved), so that resume is not bit-exact.
+
+use super::advantages::{generation_metrics, group_advantages};
+use super::batch::{collate, per_rollout, RolloutBatch};
+use super::config::GrpoConfig;
+use crate::dpo::token_logps;
+use serde::{Deserialize, Serialize};
+use smelt::train::{BatchSource, Metrics};
+use smelt::{Error, Model, Result};
+use smelt_rollouts::service::{
+    GeneratedBatch, Generator, PromptSource, RolloutService, ServiceConfig,
+};
+use smelt_rollouts::Rollout;
+use std::time::Instant;
+
+/// A generation batch being trained on, serialisable for the data cursor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    index: u64,
+    version: u64,
+    rollouts: Vec<Rollout>,
+    advantages: Vec<f32>,
+    /// Per rollout, the trainer's log-probs at first use (μ > 1 only).
+    old_logps: Option<Vec<Vec<f32>>>,
+    iteration: u64,
+    micro: usize,
+    #[serde(skip)]
+    metrics: Option<Metrics>,
+}
+
+enum Mode {
+    Sync(Box<dyn Generator>, Box<dyn PromptSource>),
+    /// The service starts lazily at the first draw (after a resume set the position).
+    Async {
+        parts: Option<(Box<dyn Generator>, Box<dyn PromptSource>)>,
+        service: Option<RolloutService>,
+    },
+}
+
+/// See the module docs.
+pub struct GrpoSource {
+    policy: Model,
+    mode: Mode,
+    config: GrpoConfig,
+    accumulation: u64,
+    draws: u64,
+    next_index: u64,
+    pending: Option<Pending>,
+}
+
+impl GrpoSource {
+    /// A source for a trainer whose model `policy` shares its `Var`s with (pass
+    /// `model.clone()`), drawing `grad_accumulation_steps` micro-batches per step.
+    pub fn new(
+        policy: Model,
+        generator: Box<dyn Generator>,
+        prompts: Box<dyn PromptSource>,
+        config: GrpoConfig,
+        grad_accumulation_steps: u64,
+    ) -> Result<Self> {
+        config.validate(grad_accumulation_steps)?;
+        let mode = if config.async_generation {
+            Mode::Async {
+                parts: Some((generator, prompts)),
+                service: None,
+            }
+        } else {
+            Mode::Sync(generator, prompts)
+        };
+        Ok(GrpoSource {
+            policy,
+            mode,
+            config,
+            accumulation: grad_accumulation_steps,
+            draws: 0,
+            next_index: 0,
+            pending: None,
+        })
+    }
+
+    /// Prompts per generation batch.
+    pub fn prompts_per_batch(&self) -> usize {
+        self.config.generation_batch_size(self.accumulation) / self.config.num_generations
+    }
+
+    /// Batches and rollouts the service dropped as too stale (0 when synchronous).
+    pub fn dropped(&self) -> (u64, u64) {
+        match &self.mode {
+            Mode::Async {
+                service: Some(s), ..
+            } => s.dropped(),
+            _ => (0, 0),
+        }
+    }
+
+    fn fetch(&mut self, version: u64) -> Result<GeneratedBatch> {
+        match &mut self.mode {
+            Mode::Sync(generator, prompts) => {
+                let rows = prompts.batch(self.next_index)?;
+                let started = Instant::now();
+                let rollouts = generator.generate(&self.policy, &rows, version)?;
+                Ok(GeneratedBatch {
+                    index: self.next_index,
+                    version,
+                    rollouts,
+                    generation_s: started.elapsed().as_secs_f64(),
+                })
+            }
+            Mode::Async { service, .. } => service
+                .as_mut()
+                .expect("started in publish()")
+                .next(version),
+        }
+    }
+
+    /// Async: start the service if needed and hand it the current weights.
+    fn publish(&mut self, version: u64) -> Result<()> {
+        let Mode::Async { parts, service } = &mut self.mode else {
+            return Ok(());
+        };
+        if service.is_none() {
+            let (generator, prompts) = parts
+                .take()
+                .ok_or_else(|| Error::Invalid("grpo: the rollout service died".into()))?;
+            *service = Some(RolloutService::start(
+                generator,
+                prompts,
+                ServiceConfig {
+                    max_staleness: self.config.max_staleness,
+                    capacity: self.config.rollout_buffer,
+                    steps_per_batch: self.config.num_iterations,
+                    start_batch: self.next_index,
+                },
+            )?);
+        }
+        service.as_mut().expect("just set").publish(version, &self.policy)
+    }
+
+    fn start_batch(&mut self, version: u64) -> Result<Pending> {
+        let gb = self.fetch(version)?;
+        let expected = self.prompts_per_batch() * self.config.num_generations;
+        if gb.rollouts.len() != expected {
+            return Err(Error::Invalid(format!(
+                "grpo: generation batch {} has {} rollouts, expected {expected} ({} prompts × num_generations {})",
+                gb.index,
+                gb.rollouts.len(),
+                self.prompts_per_batch(),
+                self.config.num_generations
+            )));
+        }
+        self.next_index = gb.index + 1;
+        let rewards: Vec<f64> = gb.rollouts.iter().map(|r| r.reward as f64).collect();
+        let (adv, zero_std) =
+            group_advantages(&rewards, self.config.num_generations, self.config.scale_rewards);
+        let mut metrics = generation_metrics(&gb.rollouts, &zero_std);
+        let tokens = gb.rollouts.iter().map(|r| r.completion_ids.len()).sum::<usize>();
+        metrics.add("generation/tokens_per_s", tokens as f64 / gb.generation_s.max(1e-9), 1.0);
+        metrics.add("generation/seconds", gb.generation_s, 1.0);
+        let mut pending = Pending {
+            index: gb.index,
+            version: gb.version,
+            advantages: adv.iter().map(|a| *a as f32).collect(),
+            rollouts: gb.rollouts,
+            old_logps: None,
+            iteration: 0,
+            micro: 0,
+            metrics: Some(metrics),
+        };
+        if self.config.num_iterations > 1 {
+            pending.old_logps = Some(self.old_logps(&pending)?);
+        }
+        Ok(pending)
+    }
+
+    /// The trainer's current log-probs of every rollout (TRL's `old_per_token_logps`).
+    fn old_logps(&self, p: &Pending) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(p.rollouts.len());
+        for chunk in p.rollouts.chunks(self.config.per_device_train_batch_size) {
+            let b = collate(chunk, &vec![0.0; chunk.len()], None, false, self.policy.device())?;
+            let logits = (self.policy.forward(&b.input_ids, None)? / self.config.temperature)?.detach(); // (B, T, V)
+            out.extend(per_rollout(&token_logps(&logits, &b.targets)?, chunk)?);
+        }
+        Ok(out)
+    }
+}
+
+impl BatchSource<RolloutBatch> for GrpoSource {
+    fn next_batch(&mut self) -> Result<Option<RolloutBatch>> {
+        let version = self.draws / self.accumulation;
+        let first_of_step = self.draws % self.accumulation == 0;
+        if first_of_step {
+            self.publish(version)?;
+        }
+        let mut pending = match self.pending.take() {
+            Some(p) => p,
+            None => self.start_batch(version)?,
+        };
+        let size = self.config.per_device_train_batch_size;
+        let range = pending.micro * size..(pending.micro + 1) * size;
+        let old = pending.old_logps.as_ref().map(|o| &o[range.clone()]);
+        let mut batch = collate(
+            &pending.rollouts[range.clone()],
+            &pending.advantages[range],
+            old,
+            self.config.mask_truncated_completions,
+            self.policy.device(),
+        )?;
+        if first_of_step {
+            let mut m = pending.metrics.take().unwrap_or_default();
+            m.add("staleness", version.saturating_sub(pending.version) as f64, 1.0);
+            let (dropped, _) = self.dropped();
+            m.add("staleness/dropped_batches", dropped as f64, 1.0);
+            batch.step_metrics = Some(m);
+        }
+        self.draws += 1;
+        pending.micro += 1;
+        if pending.micro as u64 == self.accumulation {
+            pending.micro = 0;
+            pending.iteration += 1;
+        }
+        if pending.iteration < self.config.num_iterations {
+            self.pending = Some(pending);
+        }
+        Ok(Some(batch))
+    }
+
+    fn cursor(&self) -> serde_json::Value {
+        serde_json::json!({
+            "draws": self.draws,
+            "next_index": self.next_index,
+            "pending": self.pending,
+        })
+    }
+
+    fn restore(&mut self, cursor: &serde_json::Value) -> Result<()> {
+        let bad = |key: &str| Error::Invalid(format!("grpo data cursor: missing or bad `{key}`"));
+        self.draws = cursor["draws"].as_u64().ok_or_else(|| bad("draws"))?;
+        self.next_index = cursor["next_index"].as_u64().ok_or_else(|| bad("next_index"))?;
+        self.pending = serde_json::from_value(cursor["pending"].clone()).map_err(|_| bad("pending"))?;
+        if let Mode::Async { service, .. } = &self.mode {
+            if service.is_some() {
+                return Err(Error::Invalid(
+                    "grpo: cannot restore a data position once the rollout service has started".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

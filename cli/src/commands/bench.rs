@@ -1,0 +1,192 @@
+//! `smelt bench`: the smelt side of `shared/bench/side-by-side.sh`.
+//!
+//! Runs the exact workloads of `reference.py` (same splitmix64 token stream, same
+//! optimizer, same loss) and prints one JSON object as its last line with the same
+//! keys (`tokens_per_s`, `step_s_median`, `peak_rss_mb`, `losses`,
+//! `new_tokens_per_s`), so the two sides compare as a ratio on one machine.
+//! Key decision: the training step computes its loss through the fused chunked
+//! `lm_head` + cross-entropy ([`smelt::ops::linear_cross_entropy_sum`]) by default;
+//! `--reference-ops` runs the slow composed path (full logits) for before/after runs.
+//!
+//! ```text
+//! smelt bench train-step --gguf model.gguf --batch 4 --seq 256 --steps 5
+//! smelt bench generate   --gguf model.gguf --batch 8 --prompt-len 32 --new-tokens 64
+//! ```
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor, D};
+use smelt::checkpoint;
+use smelt::optim::{AdamW, AdamWConfig};
+use smelt::telemetry::peak_rss_mb;
+use smelt::{KvCache, Model};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The workload to run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Forward + backward + AdamW step on a (batch, seq) block, loss over all tokens.
+    TrainStep,
+    /// Batched greedy generation with a KV cache, no early stop.
+    Generate,
+}
+
+/// Arguments of `smelt bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Which workload (`train-step` or `generate`).
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// The model as a GGUF file (dequantized to f32).
+    #[arg(long)]
+    pub gguf: PathBuf,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per row (`train-step`).
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// Optimizer steps (`train-step`); the first is excluded from the median.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Prompt tokens per row (`generate`).
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// New tokens per row (`generate`).
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Seed of the splitmix64 token stream.
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Compute dtype; only `f32` is implemented so far.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Compute the loss through the slow composed ops (full logits) instead of the fused kernel.
+    #[arg(long)]
+    pub reference_ops: bool,
+}
+
+/// Token ids exactly as `reference.py`'s `workload_tokens`: splitmix64, `x % vocab`,
+/// row-major `(batch, seq)`.
+pub fn workload_tokens(batch: usize, seq: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed;
+    (0..batch * seq)
+        .map(|_| {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Runs the workload and prints its JSON line.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.dtype != "f32" {
+        bail!("--dtype {}: only f32 is implemented", args.dtype);
+    }
+    let dev = Device::Cpu;
+    let model = checkpoint::load_gguf(&args.gguf, &dev, false)
+        .with_context(|| format!("loading {}", args.gguf.display()))?
+        .model;
+    let json = match args.workload {
+        Workload::TrainStep => train_step(&model, &args)?,
+        Workload::Generate => generate(&model, &args)?,
+    };
+    println!("{json}");
+    Ok(())
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Mean next-token loss over all `B·(T−1)` positions (transformers' `labels=input_ids`).
+fn loss(model: &Model, ids: &Tensor, reference_ops: bool) -> anyhow::Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let h = model.config().hidden_size;
+    let labels = ids.narrow(1, 1, t - 1)?.flatten_all()?.to_dtype(DType::I64)?; // (B·(T−1),)
+    let hidden = model.forward_hidden(ids, None)?; // (B, T, H)
+    let hidden = hidden.narrow(1, 0, t - 1)?.reshape((b * (t - 1), h))?; // (B·(T−1), H)
+    let (sum, count, _) = if reference_ops {
+        let logits = smelt::ops::linear(&hidden, model.lm_head_weight(), None)?; // (B·(T−1), V)
+        smelt::ops::cross_entropy_sum(&logits, &labels)?
+    } else {
+        smelt::ops::linear_cross_entropy_sum(&hidden, model.lm_head_weight(), &labels)?
+    };
+    Ok((sum / count)?)
+}
+
+fn train_step(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    if a.seq < 2 || a.batch == 0 || a.steps == 0 {
+        bail!("train-step needs --seq ≥ 2, --batch ≥ 1, --steps ≥ 1");
+    }
+    let ids = workload_tokens(a.batch, a.seq, model.config().vocab_size, a.seed);
+    let ids = Tensor::from_vec(ids, (a.batch, a.seq), model.device())?;
+    let cfg = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
+    let mut opt = AdamW::new(model.vars(), cfg)?;
+    let (mut times, mut losses) = (Vec::new(), Vec::new());
+    for _ in 0..a.steps {
+        let t0 = Instant::now();
+        let l = loss(model, &ids, a.reference_ops)?;
+        let grads = l.backward()?;
+        let g: Vec<Tensor> = model
+            .vars()
+            .iter()
+            .map(|(name, v)| {
+                grads
+                    .get(v)
+                    .cloned()
+                    .with_context(|| format!("no gradient reached `{name}`"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        opt.step(model.vars(), &g, 1e-5)?;
+        times.push(t0.elapsed().as_secs_f64());
+        losses.push(l.to_scalar::<f32>()? as f64);
+    }
+    let steady = if times.len() > 1 { times[1..].to_vec() } else { times.clone() };
+    let med = median(steady);
+    Ok(serde_json::json!({
+        "workload": "train-step", "impl": "smelt", "dtype": a.dtype,
+        "ops": if a.reference_ops { "reference" } else { "fused" },
+        "batch": a.batch, "seq": a.seq, "steps": a.steps,
+        "step_s_median": med, "tokens_per_s": (a.batch * a.seq) as f64 / med,
+        "loss_first": losses[0], "losses": losses, "peak_rss_mb": peak_rss_mb(),
+        "threads": candle_core::utils::get_num_threads(),
+    }))
+}
+
+fn generate(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
+    if a.prompt_len == 0 || a.batch == 0 {
+        bail!("generate needs --prompt-len ≥ 1 and --batch ≥ 1");
+    }
+    let ids = workload_tokens(a.batch, a.prompt_len, model.config().vocab_size, a.seed);
+    let prompt = Tensor::from_vec(ids, (a.batch, a.prompt_len), model.device())?;
+    let greedy = |prompt: &Tensor, n: usize| -> anyhow::Result<usize> {
+        let mut cache = KvCache::new(model.config().num_hidden_layers);
+        let mut logits = model.decode(prompt, &mut cache)?; // (B, T, V)
+        for _ in 0..n {
+            let last = logits.narrow(1, logits.dim(1)? - 1, 1)?; // (B, 1, V)
+            let next = last.argmax(D::Minus1)?; // (B, 1)
+            logits = model.decode(&next, &mut cache)?;
+        }
+        Ok(n)
+    };
+    greedy(&prompt.narrow(1, 0, a.prompt_len.min(8))?, 4)?; // warm-up, as reference.py
+    let t0 = Instant::now();
+    let n = greedy(&prompt, a.new_tokens)?;
+    let dt = t0.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "workload": "generate", "impl": "smelt", "batch": a.batch,
+        "prompt_len": a.prompt_len, "new_tokens": n, "seconds": dt,
+        "new_tokens_per_s": (a.batch * n) as f64 / dt, "peak_rss_mb": peak_rss_mb(),
+    }))
+}

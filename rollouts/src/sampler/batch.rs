@@ -1,0 +1,155 @@
+//! Continuous batching: the running rows, their shared left-padded KV cache, and the
+//! prefill / step / retire loop.
+//!
+//! Invariant: the cache holds `cache.len()` slots per row; row `r` has `row.len` real
+//! slots at the end, so its left padding is `cache.len() - row.len`. Each row also
+//! carries its last drawn token (`next_input`), not yet in the cache.
+
+use super::processors::{choose, Choice};
+use super::{request_seed, Completion, Request, Sampler};
+use crate::rollout::FinishReason;
+use candle_core::{Tensor, D};
+use rand::{rngs::StdRng, SeedableRng};
+use smelt::{KvCache, Result};
+
+/// One live sequence.
+struct Row {
+    /// Index of its request in the caller's list.
+    index: usize,
+    request: Request,
+    rng: StdRng,
+    /// Prompt then generated ids (the repetition penalty's history).
+    history: Vec<u32>,
+    generated: Vec<u32>,
+    behaviour: Vec<f32>,
+    processed: Vec<f32>,
+    /// Real slots of this row in the cache.
+    len: usize,
+}
+
+impl Row {
+    /// Records a drawn token; returns the completion when the row is finished.
+    fn push(&mut self, sampler: &Sampler, c: Choice) -> Result<Option<Completion>> {
+        self.generated.push(c.token);
+        self.history.push(c.token);
+        self.behaviour.push(c.behaviour_logprob);
+        self.processed.push(c.processed_logprob);
+        let p = &self.request.params;
+        let stop_id = p.stop_token_ids.contains(&c.token);
+        let mut text = None;
+        let mut finish = None;
+        if stop_id {
+            finish = Some(FinishReason::Stop);
+        } else if !p.stop_strings.is_empty() {
+            let full = sampler.tokenizer.decode(&self.generated, true)?;
+            let cut = p.stop_strings.iter().filter_map(|s| full.find(s.as_str())).min();
+            if let Some(at) = cut {
+                text = Some(full[..at].to_string());
+                finish = Some(FinishReason::Stop);
+            }
+        }
+        if finish.is_none() && self.generated.len() >= p.max_new_tokens {
+            finish = Some(FinishReason::Length);
+        }
+        let Some(finish) = finish else {
+            return Ok(None);
+        };
+        let text = match text {
+            Some(t) => t,
+            None => sampler.tokenizer.decode(&self.generated, true)?,
+        };
+        Ok(Some(Completion {
+            id: self.request.id,
+            token_ids: std::mem::take(&mut self.generated),
+            text,
+            finish,
+            behaviour_logprobs: std::mem::take(&mut self.behaviour),
+            processed_logprobs: std::mem::take(&mut self.processed),
+        }))
+    }
+}
+
+/// Runs every request to completion with at most `sampler.max_batch` rows live.
+pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Completion>> {
+    let model = &sampler.model;
+    let device = model.device();
+    let num_layers = model.config().num_hidden_layers;
+    let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+    let mut queue = requests.into_iter().enumerate();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut cache: Option<KvCache> = None;
+    loop {
+        // Admit queued requests: prefill each alone, draw its first token, join left-padded.
+        let mut joined: Vec<KvCache> = Vec::new();
+        while rows.len() < sampler.max_batch {
+            let Some((index, request)) = queue.next() else {
+                break;
+            };
+            let mut own = KvCache::new(num_layers);
+            let input = Tensor::new(request.prompt_ids.as_slice(), device)?.unsqueeze(0)?; // (1, T)
+            let logits = model.decode(&input, &mut own)?; // (1, T, V)
+            let last: Vec<f32> = logits.squeeze(0)?.get(request.prompt_ids.len() - 1)?.to_vec1()?;
+            let mut row = Row {
+                index,
+                rng: StdRng::seed_from_u64(request_seed(request.params.seed, request.id)),
+                history: request.prompt_ids.clone(),
+                generated: Vec::new(),
+                behaviour: Vec::new(),
+                processed: Vec::new(),
+                len: request.prompt_ids.len(),
+                request,
+            };
+            let c = choose(&last, &row.history, &row.request.params, &mut row.rng);
+            match row.push(sampler, c)? {
+                Some(completion) => done[index] = Some(completion),
+                None => {
+                    rows.push(row);
+                    joined.push(own);
+                }
+            }
+        }
+        if !joined.is_empty() {
+            let mut parts: Vec<&KvCache> = cache.iter().collect();
+            parts.extend(joined.iter());
+            cache = Some(KvCache::cat_left_padded(&parts)?);
+        }
+        let Some(c) = cache.as_mut() else {
+            break; // nothing live and nothing queued
+        };
+
+        // One decode step for every live row.
+        let inputs: Vec<u32> = rows.iter().map(|r| *r.history.last().unwrap_or(&0)).collect();
+        let pads: Vec<usize> = rows.iter().map(|r| c.len() - r.len).collect();
+        let input = Tensor::new(inputs.as_slice(), device)?.unsqueeze(1)?; // (B, 1)
+        let logits = model.decode_left_padded(&input, &pads, c)?; // (B, 1, V)
+        let logits: Vec<Vec<f32>> = logits.squeeze(D::Minus2)?.to_vec2()?; // (B, V)
+        let mut keep = Vec::with_capacity(rows.len());
+        for (i, (row, row_logits)) in rows.iter_mut().zip(&logits).enumerate() {
+            row.len += 1;
+            let choice = choose(row_logits, &row.history, &row.request.params, &mut row.rng);
+            match row.push(sampler, choice)? {
+                Some(completion) => done[row.index] = Some(completion),
+                None => keep.push(i),
+            }
+        }
+
+        // Retire finished rows and trim the padding every remaining row shares.
+        if keep.len() < rows.len() {
+            if keep.is_empty() {
+                cache = None;
+                rows.clear();
+                continue;
+            }
+            let mut kept = c.select_rows(&keep)?;
+            let mut i = 0;
+            rows.retain(|_| {
+                i += 1;
+                keep.contains(&(i - 1))
+            });
+            let shared_pad = rows.iter().map(|r| kept.len() - r.len).min().unwrap_or(0);
+            kept.drop_front(shared_pad)?;
+            cache = Some(kept);
+        }
+    }
+    Ok(done.into_iter().flatten().collect())
+}
