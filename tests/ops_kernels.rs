@@ -38,7 +38,10 @@ fn value_and_grads(
     inputs: &[Tensor],
     f: &dyn Fn(&[Tensor]) -> Result<Tensor>,
 ) -> (Tensor, Vec<Tensor>) {
-    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let out = f(&ts).unwrap();
     let w = rand_t(out.dims(), 99, 1.0, out.dtype());
@@ -54,7 +57,14 @@ fn value_and_grads(
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
     let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-    let diff = (&a - &b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    let diff = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     let scale = b.abs().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
     diff / scale.max(1e-30)
 }
@@ -92,7 +102,12 @@ fn assert_fd(what: &str, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Result<Tens
                 xs[j] += d;
                 let mut args = inputs.to_vec();
                 args[i] = Tensor::from_vec(xs, x.dims(), &Device::Cpu).unwrap();
-                (f(&args).unwrap() * &w).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+                (f(&args).unwrap() * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
             };
             let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
             assert!(
@@ -119,7 +134,9 @@ fn rms_norm_matches_reference_and_fd() {
     }
     let x = rand_t(&[3, 5], 3, 2.0, DType::F64);
     let w = rand_t(&[5], 4, 1.5, DType::F64);
-    assert_fd("rms_norm f64", &[x, w], &|a| ops::fused_rms_norm(&a[0], &a[1], 1e-5));
+    assert_fd("rms_norm f64", &[x, w], &|a| {
+        ops::fused_rms_norm(&a[0], &a[1], 1e-5)
+    });
 }
 
 #[test]
@@ -151,9 +168,13 @@ fn rope_tables(positions: &[Vec<u32>], d: usize, dtype: DType) -> (Tensor, Tenso
 #[test]
 fn rope_matches_reference_and_fd_with_packed_documents() {
     // (B, NH, T, D): odd T, 1/3/9 heads (query and key head counts of GQA 1, 3)
-    for (k, &(b, nh, t, d)) in [(2usize, 3usize, 7usize, 8usize), (1, 9, 13, 64), (3, 1, 5, 2)]
-        .iter()
-        .enumerate()
+    for (k, &(b, nh, t, d)) in [
+        (2usize, 3usize, 7usize, 8usize),
+        (1, 9, 13, 64),
+        (3, 1, 5, 2),
+    ]
+    .iter()
+    .enumerate()
     {
         let positions: Vec<Vec<u32>> = (0..b)
             .map(|r| {
@@ -187,7 +208,13 @@ fn labels_with_ignored(n: usize, v: usize, seed: u64) -> Tensor {
     let ls: Vec<i64> = rand_vec(n, seed, 1.0)
         .iter()
         .enumerate()
-        .map(|(i, r)| if i % 5 == 3 { ops::IGNORE_INDEX } else { ((r.abs() * v as f64) as i64).min(v as i64 - 1) })
+        .map(|(i, r)| {
+            if i % 5 == 3 {
+                ops::IGNORE_INDEX
+            } else {
+                ((r.abs() * v as f64) as i64).min(v as i64 - 1)
+            }
+        })
         .collect();
     Tensor::from_vec(ls, n, &Device::Cpu).unwrap()
 }
@@ -195,9 +222,13 @@ fn labels_with_ignored(n: usize, v: usize, seed: u64) -> Tensor {
 #[test]
 fn linear_cross_entropy_matches_reference_and_fd() {
     // (N, H, V, chunk): chunks that do and do not divide V, one chunk, V-wide chunk
-    for (k, &(n, h, v, chunk)) in [(13usize, 16usize, 50usize, 7usize), (64, 32, 300, 128), (5, 8, 11, 64)]
-        .iter()
-        .enumerate()
+    for (k, &(n, h, v, chunk)) in [
+        (13usize, 16usize, 50usize, 7usize),
+        (64, 32, 300, 128),
+        (5, 8, 11, 64),
+    ]
+    .iter()
+    .enumerate()
     {
         let hid = rand_t(&[n, h], 51 + k as u64, 2.0, DType::F32);
         let w = rand_t(&[v, h], 61 + k as u64, 1.0, DType::F32);
@@ -212,7 +243,9 @@ fn linear_cross_entropy_matches_reference_and_fd() {
                 let logits = ops::linear(&a[0], &a[1], None)?;
                 let lse = ops::reference::softmax_last_dim(&logits)?.log()?; // (N, V) log p
                 let mask = l2.ge(0i64)?;
-                let safe = mask.where_cond(&l2, &l2.zeros_like()?)?.to_dtype(DType::U32)?;
+                let safe = mask
+                    .where_cond(&l2, &l2.zeros_like()?)?
+                    .to_dtype(DType::U32)?;
                 let picked = lse.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
                 picked.neg()? * mask.to_dtype(DType::F32)?
             },
@@ -237,6 +270,8 @@ fn linear_cross_entropy_rejects_out_of_range_label() {
     let hid = rand_t(&[2, 3], 1, 1.0, DType::F32);
     let w = rand_t(&[5, 3], 2, 1.0, DType::F32);
     let labels = Tensor::from_vec(vec![1i64, 5], 2, &Device::Cpu).unwrap();
-    let err = ops::linear_cross_entropy(&hid, &w, &labels, 2).unwrap_err().to_string();
+    let err = ops::linear_cross_entropy(&hid, &w, &labels, 2)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("label 5 out of range"), "{err}");
 }

@@ -30,18 +30,24 @@ pub mod batch;
 pub mod config;
 pub mod generator;
 pub mod loss;
+pub mod run;
+pub mod sampler_generator;
 pub mod source;
 
 pub use advantages::{generation_metrics, group_advantages, mean_std};
 pub use batch::{collate, RolloutBatch};
 pub use config::{GrpoConfig, LossType, ScaleRewards};
 pub use generator::{RewardFn, SamplingSettings, SequentialGenerator};
-pub use loss::{aggregate, k3_kl, loss_units, token_loss, truncated_is_weight, TokenLoss, TokenLossInputs};
+pub use loss::{
+    aggregate, k3_kl, loss_units, token_loss, truncated_is_weight, TokenLoss, TokenLossInputs,
+};
+pub use run::{run_grpo, GrpoRecipe};
+pub use sampler_generator::SamplerGenerator;
 pub use source::GrpoSource;
 
 use crate::dpo::token_logps;
 use candle_core::{DType, Tensor, D};
-use smelt::train::{Algorithm, LossOutput, Metrics};
+use smelt::train::{Algorithm, LossOutput};
 use smelt::{Model, Result};
 
 /// The GRPO objective.
@@ -54,10 +60,8 @@ pub struct Grpo {
 impl Grpo {
     /// GRPO with `config`; when β > 0 a frozen deep copy of `policy` is the reference.
     pub fn new(config: GrpoConfig, policy: &Model) -> Result<Self> {
-        config.validate(1).or_else(|e| {
-            // divisibility depends on accumulation, which the source checks
-            if e.to_string().contains("num_generations`: the generation batch") { Ok(()) } else { Err(e) }
-        })?;
+        config.validate_settings()?; // batch divisibility is the source's check
+
         let reference = if config.beta > 0.0 {
             Some(smelt_rollouts::service::deep_copy(policy)?)
         } else {
@@ -90,7 +94,10 @@ impl Grpo {
 
 /// Masked sum of a `(B, T)` tensor as f64.
 fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<f64> {
-    Ok((x * mask)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)
+    Ok((x * mask)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?)
 }
 
 /// Per-token entropy `(B, T)` of `softmax(logits)`: `lse − Σ p·logits`, detached.
@@ -146,14 +153,31 @@ impl Algorithm for Grpo {
         let mut m = batch.step_metrics.clone().unwrap_or_default();
         let (mask, n) = (&batch.mask, batch.tokens as f64);
         let region = (&out.low_clipped + &out.high_clipped)?;
-        m.add("clip_ratio/low_mean", masked_sum(&out.low_clipped, mask)?, n);
-        m.add("clip_ratio/high_mean", masked_sum(&out.high_clipped, mask)?, n);
+        m.add(
+            "clip_ratio/low_mean",
+            masked_sum(&out.low_clipped, mask)?,
+            n,
+        );
+        m.add(
+            "clip_ratio/high_mean",
+            masked_sum(&out.high_clipped, mask)?,
+            n,
+        );
         m.add("clip_ratio/region_mean", masked_sum(&region, mask)?, n);
         m.add("ratio/mean", masked_sum(&out.ratio, mask)?, n);
         let dev = (&out.ratio - 1.0)?.abs()?;
-        m.add("ratio/max_abs_deviation", (dev * mask)?.max_all()?.to_scalar::<f32>()? as f64, 1.0);
+        // per micro-batch maximum, averaged over the step's micro-batches
+        m.add(
+            "ratio/max_abs_deviation",
+            (dev * mask)?.max_all()?.to_scalar::<f32>()? as f64,
+            1.0,
+        );
         if let Some(w) = &is_weight {
-            m.add("sampling/importance_sampling_ratio/mean", masked_sum(w, mask)?, n);
+            m.add(
+                "sampling/importance_sampling_ratio/mean",
+                masked_sum(w, mask)?,
+                n,
+            );
         }
         if let Some(kl) = &out.kl {
             m.add("kl", masked_sum(kl, mask)?, n);
@@ -163,12 +187,7 @@ impl Algorithm for Grpo {
         m.add("tokens", input_tokens, 1.0);
         Ok(LossOutput {
             loss_sum,
-            metrics: merge_step(m),
+            metrics: m,
         })
     }
-}
-
-/// Identity today; kept as the one place step-level metrics are combined.
-fn merge_step(m: Metrics) -> Metrics {
-    m
 }

@@ -131,19 +131,27 @@ pub struct DpoRecipe {
     pub train: TrainConfig,
 }
 
+/// `[train]` of an SFT recipe that has none.
 fn sft_train() -> TrainConfig {
     trl_train_defaults(SFT_LEARNING_RATE, "runs/sft")
 }
 
+/// `[train]` of a DPO recipe that has none.
 fn dpo_train() -> TrainConfig {
     trl_train_defaults(DPO_LEARNING_RATE, "runs/dpo")
 }
 
-fn sft_train_over_defaults<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<TrainConfig, D::Error> {
+/// The user's `[train]` over [`sft_train`].
+fn sft_train_over_defaults<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<TrainConfig, D::Error> {
     over_defaults(d, sft_train())
 }
 
-fn dpo_train_over_defaults<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<TrainConfig, D::Error> {
+/// The user's `[train]` over [`dpo_train`].
+fn dpo_train_over_defaults<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<TrainConfig, D::Error> {
     over_defaults(d, dpo_train())
 }
 
@@ -159,6 +167,7 @@ fn over_defaults<'de, D: Deserializer<'de>>(
     TrainConfig::deserialize(merged).map_err(|e| D::Error::custom(e.to_string().trim()))
 }
 
+/// Overlays `over` on `base`: tables key by key, anything else replaced (`schedule` at the top whole).
 fn merge(base: &mut toml::Value, over: toml::Value, depth: usize) {
     match (base, over) {
         (toml::Value::Table(b), toml::Value::Table(o)) => {
@@ -186,7 +195,10 @@ impl SftRecipe {
     /// Cross-field checks.
     pub fn validate(&self, origin: &Path) -> Result<()> {
         if self.data.train_files.is_empty() {
-            return Err(Error::config(origin, "`data.train_files` is empty: nothing to train on"));
+            return Err(Error::config(
+                origin,
+                "`data.train_files` is empty: nothing to train on",
+            ));
         }
         self.sft.validate()?;
         self.train.validate()
@@ -214,7 +226,10 @@ impl DpoRecipe {
     /// Cross-field checks.
     pub fn validate(&self, origin: &Path) -> Result<()> {
         if self.data.train_files.is_empty() {
-            return Err(Error::config(origin, "`data.train_files` is empty: nothing to train on"));
+            return Err(Error::config(
+                origin,
+                "`data.train_files` is empty: nothing to train on",
+            ));
         }
         if self.data.per_device_train_batch_size == 0 {
             return Err(Error::config(
@@ -233,7 +248,9 @@ impl DpoRecipe {
         for file in &self.data.train_files {
             for item in read_records(file, &self.data.options)? {
                 let (loc, record) = item?;
-                out.push(encode_preference(tokenizer, &record).map_err(|e| loc.error(e.to_string()))?);
+                out.push(
+                    encode_preference(tokenizer, &record).map_err(|e| loc.error(e.to_string()))?,
+                );
             }
         }
         Ok(out)
@@ -267,7 +284,11 @@ pub fn run_sft(recipe: &SftRecipe) -> Result<TrainSummary> {
     let device = Device::Cpu;
     let (model, tokenizer) = load_model(&recipe.model, &device)?;
     let examples = recipe.examples(&tokenizer)?;
-    eprintln!("sft: {} examples from {} file(s)", examples.len(), recipe.data.train_files.len());
+    eprintln!(
+        "sft: {} examples from {} file(s)",
+        examples.len(),
+        recipe.data.train_files.len()
+    );
     let mut source = SftBatches::new(examples, &recipe.sft, pad_token_id(&tokenizer)?, &device)?;
     let mut trainer = Trainer::new(model, Some(tokenizer), Sft::new(), recipe.train.clone())?;
     trainer.fit(&mut source)
@@ -334,7 +355,10 @@ mod tests {
         let text = format!("{SFT}[train]\nmax_steps = 7\n[train.optimizer]\nbeta1 = 0.8\n");
         let r: SftRecipe = parse_recipe(&text, Path::new("r.toml"), &[]).unwrap();
         assert_eq!((r.train.max_steps, r.train.learning_rate), (7, 2e-5));
-        assert_eq!((r.train.optimizer.beta1, r.train.optimizer.beta2), (0.8, 0.999));
+        assert_eq!(
+            (r.train.optimizer.beta1, r.train.optimizer.beta2),
+            (0.8, 0.999)
+        );
         let r: SftRecipe = parse_recipe(
             SFT,
             Path::new("r.toml"),
@@ -342,7 +366,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.train.schedule, Schedule::Constant { warmup_steps: 0 });
-        let d: DpoRecipe = parse_recipe(SFT, Path::new("r.toml"), &["train.max_steps=3".into()]).unwrap();
+        let d: DpoRecipe =
+            parse_recipe(SFT, Path::new("r.toml"), &["train.max_steps=3".into()]).unwrap();
         assert_eq!((d.train.learning_rate, d.train.max_steps), (1e-6, 3));
         assert_eq!(d.dpo.beta, 0.1);
     }
@@ -351,15 +376,42 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         for (text, key, hint) in [
-            (format!("{SFT}[train]\nmax_stepz = 3\n"), "max_stepz", "max_steps"),
-            (format!("{SFT}[sft]\nmax_lenght = 3\n"), "max_lenght", "max_length"),
-            (format!("{SFT}[data.options]\nformatt = 3\n"), "formatt", "format"),
+            (
+                format!("{SFT}[train]\nmax_stepz = 3\n"),
+                "max_stepz",
+                "max_steps",
+            ),
+            (
+                format!("{SFT}[sft]\nmax_lenght = 3\n"),
+                "max_lenght",
+                "max_length",
+            ),
+            (
+                format!("{SFT}[data.options]\nformatt = 3\n"),
+                "formatt",
+                "format",
+            ),
         ] {
             let e = parse_recipe::<SftRecipe>(&text, Path::new("r.toml"), &[])
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains(key) && e.contains(&format!("did you mean `{hint}`")), "{e}");
+            assert!(
+                e.contains(key) && e.contains(&format!("did you mean `{hint}`")),
+                "{e}"
+            );
         }
+    }
+
+    /// The shipped example recipes parse and validate (a renamed key would break them).
+    #[test]
+    fn example_recipes_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/recipes");
+        let sft = SftRecipe::load(&dir.join("smollm2-135m-sft.toml"), &[]).unwrap();
+        assert!(sft.sft.packing && sft.sft.assistant_only_loss);
+        assert_eq!(sft.train.learning_rate, SFT_LEARNING_RATE);
+        let dpo = DpoRecipe::load(&dir.join("smollm2-135m-dpo-apo-zero.toml"), &[]).unwrap();
+        assert_eq!(dpo.dpo.loss_type, vec![crate::dpo::DpoLossType::ApoZero]);
+        assert_eq!(dpo.train.learning_rate, DPO_LEARNING_RATE);
     }
 
     /// No training files is an error naming the key.
@@ -368,6 +420,9 @@ mod tests {
         let r: SftRecipe =
             parse_recipe("model = \"m\"\n[data]\n", Path::new("r.toml"), &[]).unwrap();
         let e = r.validate(Path::new("r.toml")).unwrap_err().to_string();
-        assert!(e.contains("data.train_files") && e.contains("r.toml"), "{e}");
+        assert!(
+            e.contains("data.train_files") && e.contains("r.toml"),
+            "{e}"
+        );
     }
 }

@@ -51,12 +51,23 @@ fn recorded_order(fx: &Value) -> Vec<Vec<usize>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["examples"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as usize).collect())
+        .map(|s| {
+            s["examples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_u64().unwrap() as usize)
+                .collect()
+        })
         .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// The recipe text both trainers share: TRL's run settings (everything else is the recipe default).
@@ -74,7 +85,13 @@ fn logged_steps(run: &Path) -> Vec<(f64, f64, f64)> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|r| (r["loss"].as_f64().unwrap(), r["lr"].as_f64().unwrap(), r["grad_norm"].as_f64().unwrap()))
+        .map(|r| {
+            (
+                r["loss"].as_f64().unwrap(),
+                r["lr"].as_f64().unwrap(),
+                r["grad_norm"].as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -93,8 +110,16 @@ fn assert_matches_trl(what: &str, fx: &Value, got: &[(f64, f64, f64)]) {
             s + 1,
             loss - tl
         );
-        assert!((loss - tl).abs() <= LOSS_TOL, "{what} step {}: loss {loss} vs TRL {tl}", s + 1);
-        assert!((lr - tlr).abs() <= 1e-12, "{what} step {}: lr {lr} vs TRL {tlr}", s + 1);
+        assert!(
+            (loss - tl).abs() <= LOSS_TOL,
+            "{what} step {}: loss {loss} vs TRL {tl}",
+            s + 1
+        );
+        assert!(
+            (lr - tlr).abs() <= 1e-12,
+            "{what} step {}: lr {lr} vs TRL {tlr}",
+            s + 1
+        );
         assert!(
             (norm - tn).abs() <= GRAD_NORM_RTOL * tn,
             "{what} step {}: grad norm {norm} vs TRL {tn}",
@@ -108,22 +133,42 @@ fn assert_matches_trl(what: &str, fx: &Value, got: &[(f64, f64, f64)]) {
 /// step, `num_items_in_batch` over `labels[..., 1:]`, as smelt's loop does).
 #[test]
 fn sft_matches_trl_for_five_steps() {
-    let Some(gguf) = common::smollm2_gguf() else { return };
+    let Some(gguf) = common::smollm2_gguf() else {
+        return;
+    };
     let fx = fixture("sft.json");
     let out = tempfile::tempdir().unwrap();
     let section = "[sft]\nmax_length = 256\nper_device_train_batch_size = 4\nshuffle = false";
-    let recipe: SftRecipe =
-        parse_recipe(&recipe_text(&gguf, "sft.jsonl", section, out.path()), Path::new("sft.toml"), &[]).unwrap();
-    assert_eq!(recipe.train.learning_rate, fx["config"]["learning_rate"].as_f64().unwrap());
+    let recipe: SftRecipe = parse_recipe(
+        &recipe_text(&gguf, "sft.jsonl", section, out.path()),
+        Path::new("sft.toml"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        recipe.train.learning_rate,
+        fx["config"]["learning_rate"].as_f64().unwrap()
+    );
 
     let (model, tokenizer) = load_model(gguf.to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
     let examples = recipe.examples(&tokenizer).unwrap();
     for (i, want) in fx["input_ids"].as_object().unwrap() {
         let ex = &examples[i.parse::<usize>().unwrap()];
-        assert_eq!(ex.input_ids, ids(want), "example {i}: tokens differ from TRL's");
-        assert!(ex.loss_mask.iter().all(|&m| m == 1), "example {i}: full-sequence loss");
+        assert_eq!(
+            ex.input_ids,
+            ids(want),
+            "example {i}: tokens differ from TRL's"
+        );
+        assert!(
+            ex.loss_mask.iter().all(|&m| m == 1),
+            "example {i}: full-sequence loss"
+        );
     }
-    let ordered = recorded_order(&fx).concat().into_iter().map(|i| examples[i].clone()).collect();
+    let ordered = recorded_order(&fx)
+        .concat()
+        .into_iter()
+        .map(|i| examples[i].clone())
+        .collect();
     let pad = pad_token_id(&tokenizer).unwrap();
     assert_eq!(pad as u64, fx["pad_token_id"].as_u64().unwrap());
     let mut source = SftBatches::new(ordered, &recipe.sft, pad, &candle_core::Device::Cpu).unwrap();
@@ -142,7 +187,9 @@ struct FixedOrder {
 
 impl BatchSource<PairBatch> for FixedOrder {
     fn next_batch(&mut self) -> smelt::Result<Option<PairBatch>> {
-        let Some(batch) = self.batches.get(self.next) else { return Ok(None) };
+        let Some(batch) = self.batches.get(self.next) else {
+            return Ok(None);
+        };
         self.next += 1;
         let picked: Vec<_> = batch.iter().map(|&i| (i, &self.examples[i])).collect();
         collate(&picked, &self.options, &candle_core::Device::Cpu).map(Some)
@@ -160,29 +207,61 @@ impl BatchSource<PairBatch> for FixedOrder {
 /// 5 steps of 4 pairs give TRL's losses within 1e-3 (step 1 is ln 2: policy = reference).
 #[test]
 fn dpo_sigmoid_matches_trl_for_five_steps() {
-    let Some(gguf) = common::smollm2_gguf() else { return };
+    let Some(gguf) = common::smollm2_gguf() else {
+        return;
+    };
     let fx = fixture("dpo.json");
     let out = tempfile::tempdir().unwrap();
     let section = "per_device_train_batch_size = 4\n[dpo]\nmax_length = 256\nbeta = 0.1\nloss_type = \"sigmoid\"";
-    let recipe: DpoRecipe =
-        parse_recipe(&recipe_text(&gguf, "dpo.jsonl", section, out.path()), Path::new("dpo.toml"), &[]).unwrap();
-    assert_eq!(recipe.train.learning_rate, fx["config"]["learning_rate"].as_f64().unwrap());
+    let recipe: DpoRecipe = parse_recipe(
+        &recipe_text(&gguf, "dpo.jsonl", section, out.path()),
+        Path::new("dpo.toml"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        recipe.train.learning_rate,
+        fx["config"]["learning_rate"].as_f64().unwrap()
+    );
 
     let (model, tokenizer) = load_model(gguf.to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
     let examples = recipe.examples(&tokenizer).unwrap();
     for (i, want) in fx["examples"].as_object().unwrap() {
         let ex = &examples[i.parse::<usize>().unwrap()];
-        assert_eq!(ex.prompt_ids, ids(&want["prompt_ids"]), "example {i}: prompt");
-        assert_eq!(ex.chosen_ids, ids(&want["chosen_ids"]), "example {i}: chosen");
-        assert_eq!(ex.rejected_ids, ids(&want["rejected_ids"]), "example {i}: rejected");
+        assert_eq!(
+            ex.prompt_ids,
+            ids(&want["prompt_ids"]),
+            "example {i}: prompt"
+        );
+        assert_eq!(
+            ex.chosen_ids,
+            ids(&want["chosen_ids"]),
+            "example {i}: chosen"
+        );
+        assert_eq!(
+            ex.rejected_ids,
+            ids(&want["rejected_ids"]),
+            "example {i}: rejected"
+        );
     }
-    let options = recipe.dpo.collate_options(pad_token_id(&tokenizer).unwrap());
-    let mut source = FixedOrder { examples, batches: recorded_order(&fx), next: 0, options };
+    let options = recipe
+        .dpo
+        .collate_options(pad_token_id(&tokenizer).unwrap());
+    let mut source = FixedOrder {
+        examples,
+        batches: recorded_order(&fx),
+        next: 0,
+        options,
+    };
     let reference = Reference::frozen_copy(&model).unwrap();
     let dpo = Dpo::new(recipe.dpo.clone(), reference).unwrap();
     let mut trainer = Trainer::new(model, None, dpo, recipe.train.clone()).unwrap();
     trainer.fit(&mut source).unwrap();
     let got = logged_steps(out.path());
-    assert!((got[0].0 - std::f64::consts::LN_2).abs() < 1e-6, "step 1 is ln 2: {}", got[0].0);
+    assert!(
+        (got[0].0 - std::f64::consts::LN_2).abs() < 1e-6,
+        "step 1 is ln 2: {}",
+        got[0].0
+    );
     assert_matches_trl("dpo", &fx, &got);
 }

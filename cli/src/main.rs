@@ -24,6 +24,8 @@ enum Command {
     Sft(commands::sft::SftArgs),
     /// DPO (and its loss family) from a recipe (TRL DPOTrainer semantics), resuming if interrupted.
     Dpo(commands::dpo::DpoArgs),
+    /// GRPO with the batched sampler, rewards and (optionally) asynchronous rollouts, from a recipe.
+    Grpo(commands::grpo::GrpoArgs),
     /// Generate text from a model (HF folder, hub id or .gguf), streaming tokens to stdout.
     Generate(commands::generate::GenerateArgs),
     /// Convert a checkpoint (GGUF, HF folder or hub id) into an HF folder (f32 safetensors).
@@ -40,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Sft(args) => commands::sft::run(args),
         Command::Dpo(args) => commands::dpo::run(args),
+        Command::Grpo(args) => commands::grpo::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Eval(args) => commands::eval::run(args),

@@ -139,11 +139,17 @@ fn sigkill_anywhere_then_resume_equals_uninterrupted_run() {
 
     let (a, b) = (losses(&dir.path().join("reference")), losses(&run));
     assert_eq!(a.len(), 120);
-    assert_eq!(a, b, "losses of the resumed run differ from the uninterrupted run");
+    assert_eq!(
+        a, b,
+        "losses of the resumed run differ from the uninterrupted run"
+    );
     assert_eq!(
         weights(&dir.path().join("reference/latest")),
         weights(&run.join("latest")),
         "final weights differ"
     );
-    eprintln!("{kills} SIGKILLs; latest pointed at {} checkpoints over the run", latest_seen.len());
+    eprintln!(
+        "{kills} SIGKILLs; latest pointed at {} checkpoints over the run",
+        latest_seen.len()
+    );
 }

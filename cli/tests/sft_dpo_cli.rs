@@ -50,13 +50,21 @@ fn write(path: &Path, text: &str) {
 }
 
 fn smelt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smelt")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// The last stdout line as JSON; panics with stderr when the command failed.
 fn summary(out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "failed:\n{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed:\n{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap()
 }
 
@@ -102,14 +110,27 @@ fn sft_runs_a_recipe_and_writes_a_loadable_checkpoint() {
             out = dir.join("run"),
         ),
     );
-    let out = smelt(&["sft", "--config", recipe.to_str().unwrap(), "--set", "train.max_steps=3"]);
+    let out = smelt(&[
+        "sft",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--set",
+        "train.max_steps=3",
+    ]);
     let s = summary(&out);
     assert_finished_with_loadable_checkpoint(&s, 3);
     let first: Value = serde_json::from_str(
-        std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().next().unwrap(),
+        std::fs::read_to_string(dir.join("run/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
     )
     .unwrap();
-    assert_eq!(first["lr"], 2e-5, "TRL's SFT learning rate is the recipe default: {first}");
+    assert_eq!(
+        first["lr"], 2e-5,
+        "TRL's SFT learning rate is the recipe default: {first}"
+    );
 }
 
 /// `smelt dpo` on explicit-prompt preference pairs: 2 steps, step 1 is ln 2 (policy = reference).
@@ -138,15 +159,31 @@ fn dpo_runs_a_recipe_and_writes_a_loadable_checkpoint() {
             out = dir.join("run"),
         ),
     );
-    let out = smelt(&["dpo", "--config", recipe.to_str().unwrap(), "--set", "dpo.loss_type=sigmoid"]);
+    let out = smelt(&[
+        "dpo",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--set",
+        "dpo.loss_type=sigmoid",
+    ]);
     let s = summary(&out);
     assert_finished_with_loadable_checkpoint(&s, 2);
     let first: Value = serde_json::from_str(
-        std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().next().unwrap(),
+        std::fs::read_to_string(dir.join("run/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
     )
     .unwrap();
-    assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-5, "{first}");
-    assert_eq!(first["lr"], 1e-6, "TRL's DPO learning rate is the recipe default: {first}");
+    assert!(
+        (first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-5,
+        "{first}"
+    );
+    assert_eq!(
+        first["lr"], 1e-6,
+        "TRL's DPO learning rate is the recipe default: {first}"
+    );
 }
 
 /// A typo in the recipe or in `--set` is a non-zero exit naming the key and a suggestion.
@@ -154,16 +191,34 @@ fn dpo_runs_a_recipe_and_writes_a_loadable_checkpoint() {
 fn unknown_recipe_key_fails_naming_it() {
     let dir = scratch("typo");
     let recipe = dir.join("sft.toml");
-    write(&recipe, "model = \"m\"\n[data]\ntrain_files = [\"a.jsonl\"]\n[sft]\nmax_lenght = 64\n");
+    write(
+        &recipe,
+        "model = \"m\"\n[data]\ntrain_files = [\"a.jsonl\"]\n[sft]\nmax_lenght = 64\n",
+    );
     let out = smelt(&["sft", "--config", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("max_lenght") && err.contains("did you mean `max_length`"), "{err}");
+    assert!(
+        err.contains("max_lenght") && err.contains("did you mean `max_length`"),
+        "{err}"
+    );
 
     let recipe = dir.join("dpo.toml");
-    write(&recipe, "model = \"m\"\n[data]\ntrain_files = [\"a.jsonl\"]\n");
-    let out = smelt(&["dpo", "--config", recipe.to_str().unwrap(), "--set", "train.learning_rat=1e-6"]);
+    write(
+        &recipe,
+        "model = \"m\"\n[data]\ntrain_files = [\"a.jsonl\"]\n",
+    );
+    let out = smelt(&[
+        "dpo",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--set",
+        "train.learning_rat=1e-6",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("learning_rat") && err.contains("did you mean `learning_rate`"), "{err}");
+    assert!(
+        err.contains("learning_rat") && err.contains("did you mean `learning_rate`"),
+        "{err}"
+    );
 }

@@ -12,9 +12,18 @@ use std::path::{Path, PathBuf};
 
 const SPEC: &str = include_str!("../../assets/evals/builtin.toml");
 const DATA: &[(&str, &str)] = &[
-    ("../corpus/shakespeare-valid.jsonl", include_str!("../../assets/corpus/shakespeare-valid.jsonl")),
-    ("arithmetic.jsonl", include_str!("../../assets/evals/arithmetic.jsonl")),
-    ("preference-heldout.jsonl", include_str!("../../assets/evals/preference-heldout.jsonl")),
+    (
+        "../corpus/shakespeare-valid.jsonl",
+        include_str!("../../assets/corpus/shakespeare-valid.jsonl"),
+    ),
+    (
+        "arithmetic.jsonl",
+        include_str!("../../assets/evals/arithmetic.jsonl"),
+    ),
+    (
+        "preference-heldout.jsonl",
+        include_str!("../../assets/evals/preference-heldout.jsonl"),
+    ),
 ];
 
 /// Where the built-in spec says it lives (for error messages and data resolution).
@@ -29,7 +38,9 @@ pub fn tasks() -> Result<Vec<Task>> {
         let data = DATA
             .iter()
             .find(|(p, _)| Path::new(p) == t.spec.data)
-            .ok_or_else(|| EvalError::Invalid(format!("built-in task `{}` has no embedded data", t.name)))?;
+            .ok_or_else(|| {
+                EvalError::Invalid(format!("built-in task `{}` has no embedded data", t.name))
+            })?;
         t.inline_data = Some(data.1);
     }
     Ok(tasks)
@@ -37,7 +48,9 @@ pub fn tasks() -> Result<Vec<Task>> {
 
 /// Names of the built-in tasks.
 pub fn names() -> Vec<String> {
-    tasks().map(|t| t.into_iter().map(|t| t.name).collect()).unwrap_or_default()
+    tasks()
+        .map(|t| t.into_iter().map(|t| t.name).collect())
+        .unwrap_or_default()
 }
 
 /// Resolves a `--tasks` list: each item is a built-in name, a spec file (`x.toml`,
@@ -66,7 +79,10 @@ pub fn resolve_tasks(items: &[String]) -> Result<Vec<Task>> {
         };
         for t in picked {
             if out.iter().any(|o| o.name == t.name) {
-                return Err(EvalError::Invalid(format!("task `{}` listed twice", t.name)));
+                return Err(EvalError::Invalid(format!(
+                    "task `{}` listed twice",
+                    t.name
+                )));
             }
             out.push(t);
         }

@@ -82,7 +82,11 @@ fn string_field(task: &Task, row: &Value, key: &str, line: usize) -> Result<Stri
     match row.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(v @ Value::Number(_)) => Ok(v.to_string()),
-        Some(_) => Err(data_err(task, line, format!("field `{key}` is not a string"))),
+        Some(_) => Err(data_err(
+            task,
+            line,
+            format!("field `{key}` is not a string"),
+        )),
         None => Err(data_err(task, line, format!("missing field `{key}`"))),
     }
 }
@@ -130,22 +134,50 @@ fn jsonl(task: &Task, row: &Value, line: usize) -> Result<Doc> {
                     })
                     .collect::<Result<_>>()?,
                 Some(_) => {
-                    return Err(data_err(task, line, format!("field `{}` is not a list", c.choices)))
+                    return Err(data_err(
+                        task,
+                        line,
+                        format!("field `{}` is not a list", c.choices),
+                    ))
                 }
-                None => return Err(data_err(task, line, format!("missing field `{}`", c.choices))),
+                None => {
+                    return Err(data_err(
+                        task,
+                        line,
+                        format!("missing field `{}`", c.choices),
+                    ))
+                }
             };
             if doc.choices.len() < 2 {
                 return Err(data_err(task, line, "fewer than 2 choices"));
             }
             let gold = match row.get(&c.gold) {
                 Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
-                    data_err(task, line, format!("gold `{}` = {n} is not an index", c.gold))
+                    data_err(
+                        task,
+                        line,
+                        format!("gold `{}` = {n} is not an index", c.gold),
+                    )
                 })? as usize,
-                Some(Value::String(s)) => doc.choices.iter().position(|x| x == s).ok_or_else(|| {
-                    data_err(task, line, format!("gold {s:?} is not one of the choices"))
-                })?,
-                Some(_) => return Err(data_err(task, line, format!("field `{}` is not an index", c.gold))),
-                None => return Err(data_err(task, line, format!("missing gold field `{}`", c.gold))),
+                Some(Value::String(s)) => {
+                    doc.choices.iter().position(|x| x == s).ok_or_else(|| {
+                        data_err(task, line, format!("gold {s:?} is not one of the choices"))
+                    })?
+                }
+                Some(_) => {
+                    return Err(data_err(
+                        task,
+                        line,
+                        format!("field `{}` is not an index", c.gold),
+                    ))
+                }
+                None => {
+                    return Err(data_err(
+                        task,
+                        line,
+                        format!("missing gold field `{}`", c.gold),
+                    ))
+                }
             };
             doc.gold = checked_gold(task, gold, doc.choices.len(), line)?;
         }
@@ -154,15 +186,35 @@ fn jsonl(task: &Task, row: &Value, line: usize) -> Result<Doc> {
             doc.answers = match row.get(&c.answer) {
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    })
                     .collect(),
                 Some(Value::String(s)) => vec![s.clone()],
                 Some(v @ Value::Number(_)) => vec![v.to_string()],
-                Some(_) => return Err(data_err(task, line, format!("field `{}` is not an answer", c.answer))),
-                None => return Err(data_err(task, line, format!("missing gold field `{}`", c.answer))),
+                Some(_) => {
+                    return Err(data_err(
+                        task,
+                        line,
+                        format!("field `{}` is not an answer", c.answer),
+                    ))
+                }
+                None => {
+                    return Err(data_err(
+                        task,
+                        line,
+                        format!("missing gold field `{}`", c.answer),
+                    ))
+                }
             };
             if doc.answers.is_empty() {
-                return Err(data_err(task, line, format!("field `{}` has no answers", c.answer)));
+                return Err(data_err(
+                    task,
+                    line,
+                    format!("field `{}` has no answers", c.answer),
+                ));
             }
         }
         TaskKind::Code => return humaneval(task, row, line),
@@ -202,8 +254,8 @@ fn preference(task: &Task, row: &Value, line: usize) -> Result<Doc> {
 /// BIG-bench `task.json`: `examples[]` with `input` and `target_scores` (the gold is
 /// the highest-scoring target, choices sorted by text) or `target` (generative).
 fn bigbench(task: &Task, text: &str) -> Result<Vec<Doc>> {
-    let root: Value =
-        serde_json::from_str(text).map_err(|e| data_err(task, e.line(), format!("invalid JSON: {e}")))?;
+    let root: Value = serde_json::from_str(text)
+        .map_err(|e| data_err(task, e.line(), format!("invalid JSON: {e}")))?;
     let Some(examples) = root.get("examples").and_then(Value::as_array) else {
         return Err(data_err(task, 1, "missing `examples` list"));
     };
@@ -220,7 +272,11 @@ fn bigbench(task: &Task, text: &str) -> Result<Vec<Doc>> {
         match task.spec.kind {
             TaskKind::MultipleChoice => {
                 let Some(scores) = ex.get("target_scores").and_then(Value::as_object) else {
-                    return Err(data_err(task, line, "example is missing gold field `target_scores`"));
+                    return Err(data_err(
+                        task,
+                        line,
+                        "example is missing gold field `target_scores`",
+                    ));
                 };
                 // Sorted by choice text: independent of serde_json's map order feature.
                 let mut sorted: Vec<_> = scores.iter().collect();
@@ -228,7 +284,11 @@ fn bigbench(task: &Task, text: &str) -> Result<Vec<Doc>> {
                 let mut best = (f64::NEG_INFINITY, 0usize);
                 for (j, (choice, score)) in sorted.into_iter().enumerate() {
                     let s = score.as_f64().ok_or_else(|| {
-                        data_err(task, line, format!("target_scores[{choice:?}] is not a number"))
+                        data_err(
+                            task,
+                            line,
+                            format!("target_scores[{choice:?}] is not a number"),
+                        )
                     })?;
                     if s > best.0 {
                         best = (s, j);
@@ -236,18 +296,37 @@ fn bigbench(task: &Task, text: &str) -> Result<Vec<Doc>> {
                     doc.choices.push(choice.clone());
                 }
                 if doc.choices.len() < 2 {
-                    return Err(data_err(task, line, "fewer than 2 choices in `target_scores`"));
+                    return Err(data_err(
+                        task,
+                        line,
+                        "fewer than 2 choices in `target_scores`",
+                    ));
                 }
                 doc.gold = best.1;
             }
             TaskKind::Generate => {
                 doc.answers = match ex.get("target") {
                     Some(Value::String(s)) => vec![s.clone()],
-                    Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                    _ => return Err(data_err(task, line, "example is missing gold field `target`")),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                    _ => {
+                        return Err(data_err(
+                            task,
+                            line,
+                            "example is missing gold field `target`",
+                        ))
+                    }
                 };
             }
-            _ => return Err(data_err(task, line, "BIG-bench data supports multiple_choice and generate tasks")),
+            _ => {
+                return Err(data_err(
+                    task,
+                    line,
+                    "BIG-bench data supports multiple_choice and generate tasks",
+                ))
+            }
         }
         docs.push(doc);
     }

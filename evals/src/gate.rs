@@ -3,7 +3,8 @@
 //! For every (task, metric) of the baseline: proportions of 0/1 outcomes (`acc`,
 //! `exact_match`, greedy `pass@1`, ...) get lm-eval's two-proportion z-test (pooled
 //! variance, sample sizes from `n-samples`); other metrics (`bits_per_byte`, `avg@k`)
-//! a z-test on the difference of means from the two stderrs. A metric regresses when
+//! a z-test on the difference of means from the two stderrs (metrics with no stderr,
+//! such as `word_perplexity`, are held by `max_drop` floors only). A metric regresses when
 //! the one-sided p-value of a *worsening* is below `alpha`, or when it worsened by
 //! more than an absolute `max_drop` configured for it. A metric missing from the new
 //! run is a regression too. Key decision: only worsening counts (one-sided test), in
@@ -41,7 +42,9 @@ pub fn parse_max_drop(s: &str) -> Result<(String, f64)> {
         .parse()
         .map_err(|_| EvalError::Invalid(format!("--max-drop {s:?}: {v:?} is not a number")))?;
     if !(v >= 0.0) {
-        return Err(EvalError::Invalid(format!("--max-drop {s:?}: must be >= 0")));
+        return Err(EvalError::Invalid(format!(
+            "--max-drop {s:?}: must be >= 0"
+        )));
     }
     Ok((m.trim().to_string(), v))
 }
@@ -99,7 +102,8 @@ impl GateReport {
 }
 
 fn number(v: &Value) -> Option<f64> {
-    v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 /// Compares `new` to `baseline` (both results JSONs).
@@ -110,14 +114,20 @@ pub fn compare(baseline: &Value, new: &Value, config: &GateConfig) -> Result<Gat
         .ok_or_else(|| EvalError::Invalid("baseline has no `results` object".into()))?;
     let mut comparisons = Vec::new();
     for (task, metrics) in base_results {
-        let Some(metrics) = metrics.as_object() else { continue };
+        let Some(metrics) = metrics.as_object() else {
+            continue;
+        };
         for (key, base_v) in metrics {
-            let Some(metric) = key.strip_suffix(",none") else { continue };
+            let Some(metric) = key.strip_suffix(",none") else {
+                continue;
+            };
             if metric.ends_with("_stderr") {
                 continue;
             }
             let Some(base) = number(base_v) else { continue };
-            let higher = baseline["higher_is_better"][task][metric].as_bool().unwrap_or(true);
+            let higher = baseline["higher_is_better"][task][metric]
+                .as_bool()
+                .unwrap_or(true);
             let new_v = new["results"][task].get(key).and_then(number);
             let Some(newv) = new_v else {
                 comparisons.push(Comparison {
@@ -135,23 +145,41 @@ pub fn compare(baseline: &Value, new: &Value, config: &GateConfig) -> Result<Gat
                 .as_array()
                 .is_some_and(|a| a.iter().any(|m| m == metric));
             let z = if is_prop {
-                let n = |r: &Value| r["n-samples"][task]["effective"].as_u64().unwrap_or(0) as usize;
+                let n =
+                    |r: &Value| r["n-samples"][task]["effective"].as_u64().unwrap_or(0) as usize;
                 let (nb, nn) = (n(baseline), n(new));
                 if nb == 0 || nn == 0 {
-                    return Err(EvalError::Invalid(format!("task `{task}`: `n-samples` missing for the z-test")));
+                    return Err(EvalError::Invalid(format!(
+                        "task `{task}`: `n-samples` missing for the z-test"
+                    )));
                 }
                 two_proportion_z(base, nb, newv, nn)
             } else {
-                let se = |r: &Value| r["results"][task].get(format!("{metric}_stderr,none")).and_then(number).unwrap_or(0.0);
-                two_mean_z(base, se(baseline), newv, se(new))
+                let se = |r: &Value| {
+                    r["results"][task]
+                        .get(format!("{metric}_stderr,none"))
+                        .and_then(number)
+                };
+                match (se(baseline), se(new)) {
+                    (Some(sb), Some(sn)) => two_mean_z(base, sb, newv, sn),
+                    // No stderr (e.g. word_perplexity): no significance test, floors only.
+                    _ => f64::NAN,
+                }
             };
             // Worsening is a negative z for higher-is-better metrics, positive otherwise.
             let z_worse = if higher { z } else { -z };
-            let p_worse = normal_cdf(z_worse);
+            let p_worse = if z_worse.is_nan() {
+                1.0
+            } else {
+                normal_cdf(z_worse)
+            };
             let drop = if higher { base - newv } else { newv - base };
             let mut regression = None;
             if p_worse < config.alpha {
-                regression = Some(format!("significant (p={p_worse:.4} < alpha={})", config.alpha));
+                regression = Some(format!(
+                    "significant (p={p_worse:.4} < alpha={})",
+                    config.alpha
+                ));
             }
             if let Some((_, limit)) = config.max_drop.iter().find(|(m, _)| m == metric) {
                 if drop > *limit {

@@ -31,7 +31,12 @@ pub struct GenOptions {
 }
 
 /// Generates a completion of `prompt` (token ids) and returns its text.
-pub fn generate_text(model: &Model, tokenizer: &Tokenizer, prompt: &[u32], opts: &GenOptions) -> Result<String> {
+pub fn generate_text(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenOptions,
+) -> Result<String> {
     let device = model.device();
     let mut cache = KvCache::new(model.config().num_hidden_layers);
     let mut rng = StdRng::seed_from_u64(opts.seed);

@@ -31,6 +31,6 @@ pub mod spec;
 
 pub use error::{EvalError, Result};
 pub use runner::{run_task, EvalOptions, MetricValue, TaskOutput};
-pub use spec::{load_specs, parse_specs, Task, TaskKind, TaskSpec};
 pub use smelt;
 pub use smelt_rollouts;
+pub use spec::{load_specs, parse_specs, Task, TaskKind, TaskSpec};

@@ -73,7 +73,10 @@ pub fn mean_stderr(xs: &[f64]) -> f64 {
 /// Unbiased pass@k from `n` samples of which `c` pass: `1 − C(n−c, k) / C(n, k)`,
 /// computed as the stable product `1 − Π_{i=n−c+1..n} (1 − k/i)` (Chen et al. 2021).
 pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
-    assert!(c <= n && k >= 1 && k <= n, "pass_at_k needs c <= n and 1 <= k <= n");
+    assert!(
+        c <= n && k >= 1 && k <= n,
+        "pass_at_k needs c <= n and 1 <= k <= n"
+    );
     if n - c < k {
         return 1.0;
     }
@@ -126,15 +129,17 @@ pub fn normal_cdf(z: f64) -> f64 {
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     if x >= 0.0 {
         r
     } else {
@@ -160,7 +165,11 @@ pub fn two_proportion_z(p_base: f64, n_base: usize, p_new: f64, n_new: usize) ->
 pub fn two_mean_z(base: f64, se_base: f64, new: f64, se_new: f64) -> f64 {
     let se = (se_base * se_base + se_new * se_new).sqrt();
     if se == 0.0 {
-        return if new == base { 0.0 } else { (new - base).signum() * f64::INFINITY };
+        return if new == base {
+            0.0
+        } else {
+            (new - base).signum() * f64::INFINITY
+        };
     }
     (new - base) / se
 }

@@ -19,9 +19,21 @@ use std::path::Path;
 pub const TASK_VERSION: f64 = 1.0;
 
 /// Builds the results JSON for `outputs` (in order) of `tasks`.
-pub fn results_json(tasks: &[Task], outputs: &[TaskOutput], model: &str, limit: Option<usize>) -> Value {
-    let (mut results, mut configs, mut versions, mut nshot, mut hib, mut nsamples, mut prop) =
-        (Map::new(), Map::new(), Map::new(), Map::new(), Map::new(), Map::new(), Map::new());
+pub fn results_json(
+    tasks: &[Task],
+    outputs: &[TaskOutput],
+    model: &str,
+    limit: Option<usize>,
+) -> Value {
+    let (mut results, mut configs, mut versions, mut nshot, mut hib, mut nsamples, mut prop) = (
+        Map::new(),
+        Map::new(),
+        Map::new(),
+        Map::new(),
+        Map::new(),
+        Map::new(),
+        Map::new(),
+    );
     for (task, out) in tasks.iter().zip(outputs) {
         let mut r = Map::new();
         r.insert("alias".into(), out.task.clone().into());
@@ -53,7 +65,10 @@ pub fn results_json(tasks: &[Task], outputs: &[TaskOutput], model: &str, limit: 
         versions.insert(out.task.clone(), TASK_VERSION.into());
         nshot.insert(out.task.clone(), s.num_fewshot.into());
         hib.insert(out.task.clone(), h.into());
-        nsamples.insert(out.task.clone(), json!({"original": out.n_original, "effective": out.n_effective}));
+        nsamples.insert(
+            out.task.clone(),
+            json!({"original": out.n_original, "effective": out.n_effective}),
+        );
         prop.insert(out.task.clone(), p.into());
     }
     json!({
@@ -74,12 +89,19 @@ fn json_f64(x: f64) -> Value {
 
 /// Writes `bytes` to `path` atomically (temporary sibling, then rename).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| EvalError::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| EvalError::io(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| EvalError::io(path, e))?;
-    tmp.persist(path).map_err(|e| EvalError::io(path, e.error))?;
+    tmp.write_all(bytes)
+        .map_err(|e| EvalError::io(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| EvalError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| EvalError::io(path, e.error))?;
     Ok(())
 }
 
@@ -102,7 +124,8 @@ pub fn write_samples(path: &Path, out: &TaskOutput) -> Result<()> {
 /// Reads a results JSON (a baseline).
 pub fn read_results(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| EvalError::Invalid(format!("{}: line {}: {e}", path.display(), e.line())))
+    serde_json::from_str(&text)
+        .map_err(|e| EvalError::Invalid(format!("{}: line {}: {e}", path.display(), e.line())))
 }
 
 /// lm-eval's markdown table: one row per (task, metric).
@@ -113,7 +136,10 @@ pub fn markdown_table(tasks: &[Task], outputs: &[TaskOutput]) -> String {
         for (j, m) in out.metrics.iter().enumerate() {
             let name = if j == 0 { out.task.as_str() } else { "" };
             let arrow = if m.higher_is_better { "↑" } else { "↓" };
-            let se = m.stderr.map(|x| format!("{x:.4}")).unwrap_or_else(|| "N/A".into());
+            let se = m
+                .stderr
+                .map(|x| format!("{x:.4}"))
+                .unwrap_or_else(|| "N/A".into());
             s.push_str(&format!(
                 "|{name}|{TASK_VERSION:.1}|none|{}|{}|{arrow}|{:.4}|±|{se}|\n",
                 task.spec.num_fewshot, m.name, m.value

@@ -119,7 +119,10 @@ pub fn run_python(program: &str, limits: &SandboxLimits) -> Result<SandboxReport
         cmd.pre_exec(move || {
             libc::setpgid(0, 0);
             let set = |res, v: u64| {
-                let lim = libc::rlimit { rlim_cur: v as libc::rlim_t, rlim_max: v as libc::rlim_t };
+                let lim = libc::rlimit {
+                    rlim_cur: v as libc::rlim_t,
+                    rlim_max: v as libc::rlim_t,
+                };
                 libc::setrlimit(res, &lim);
             };
             set(libc::RLIMIT_CPU, cpu);
@@ -161,8 +164,14 @@ pub fn run_python(program: &str, limits: &SandboxLimits) -> Result<SandboxReport
         n == 1 && flag[0] == 1
     };
     let cap = limits.output_bytes;
-    let out = child.stdout.take().map(|s| std::thread::spawn(move || capped_read(s, cap)));
-    let err = child.stderr.take().map(|s| std::thread::spawn(move || capped_read(s, cap)));
+    let out = child
+        .stdout
+        .take()
+        .map(|s| std::thread::spawn(move || capped_read(s, cap)));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| std::thread::spawn(move || capped_read(s, cap)));
     let pid = child.id() as i32;
     let mut timed_out = false;
     let status = loop {
@@ -179,7 +188,9 @@ pub fn run_python(program: &str, limits: &SandboxLimits) -> Result<SandboxReport
     };
     // Grandchildren may still hold the pipes open: kill the group before joining readers.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
-    let join = |h: Option<std::thread::JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
+    let join = |h: Option<std::thread::JoinHandle<String>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
     let (stdout, stderr) = (join(out), join(err));
     let outcome = if timed_out {
         Outcome::TimedOut
@@ -236,6 +247,10 @@ fn resolve_python(python: &str) -> std::path::PathBuf {
 /// Every ancestor of `path` is world-searchable and `path` world-executable.
 fn world_reachable(path: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0)
+    };
     mode(path) & 0o001 != 0 && path.ancestors().skip(1).all(|a| mode(a) & 0o001 != 0)
 }

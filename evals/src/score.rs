@@ -40,7 +40,11 @@ pub fn prefix_token(tokenizer: &Tokenizer) -> Result<u32> {
     tokenizer
         .bos_token_id()
         .or(tokenizer.eos_token_id())
-        .ok_or_else(|| EvalError::Invalid("tokenizer has neither BOS nor EOS to prefix an empty context".into()))
+        .ok_or_else(|| {
+            EvalError::Invalid(
+                "tokenizer has neither BOS nor EOS to prefix an empty context".into(),
+            )
+        })
 }
 
 /// Tokenises a (context, continuation) pair as lm-eval's `_encode_pair`.
@@ -58,7 +62,9 @@ pub fn encode_pair(tokenizer: &Tokenizer, context: &str, continuation: &str) -> 
         ctx = whole[..n_ctx].to_vec();
     }
     if cont.is_empty() {
-        return Err(EvalError::Invalid(format!("continuation {continuation:?} has no tokens")));
+        return Err(EvalError::Invalid(format!(
+            "continuation {continuation:?} has no tokens"
+        )));
     }
     Ok(Request {
         context: ctx,
@@ -68,12 +74,19 @@ pub fn encode_pair(tokenizer: &Tokenizer, context: &str, continuation: &str) -> 
 
 /// Scores `requests` with at most `max_length` tokens per sequence (contexts are
 /// truncated on the left) and about `token_budget` tokens per forward pass.
-pub fn score(model: &Model, requests: &[Request], max_length: usize, token_budget: usize) -> Result<Vec<Scored>> {
+pub fn score(
+    model: &Model,
+    requests: &[Request],
+    max_length: usize,
+    token_budget: usize,
+) -> Result<Vec<Scored>> {
     // The model input of each request: (ctx ++ cont)[..-1], last `max_length` tokens.
     let mut inputs = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
         if r.context.is_empty() || r.continuation.is_empty() {
-            return Err(EvalError::Invalid(format!("request {i}: empty context or continuation")));
+            return Err(EvalError::Invalid(format!(
+                "request {i}: empty context or continuation"
+            )));
         }
         if r.continuation.len() > max_length {
             return Err(EvalError::Invalid(format!(
@@ -157,7 +170,10 @@ fn run_rows(
             at += inp.len();
         }
         // Padding after the last request is its own document (positions restart at 0).
-        for (t, p) in pos[r * row_len + at..(r + 1) * row_len].iter_mut().enumerate() {
+        for (t, p) in pos[r * row_len + at..(r + 1) * row_len]
+            .iter_mut()
+            .enumerate()
+        {
             *p = t as u32;
         }
     }
@@ -169,11 +185,23 @@ fn run_rows(
     let n = gather.len();
     let gather = Tensor::from_vec(gather, n, device)?;
     let picked = hidden.reshape((b * row_len, h))?.index_select(&gather, 0)?; // (N, H)
-    let logits = model.logits(&picked.unsqueeze(0)?)?.squeeze(0)?.to_dtype(DType::F32)?; // (N, V)
+    let logits = model
+        .logits(&picked.unsqueeze(0)?)?
+        .squeeze(0)?
+        .to_dtype(DType::F32)?; // (N, V)
     let max = logits.max_keepdim(D::Minus1)?; // (N, 1)
-    let lse = logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()?.add(&max)?; // (N, 1)
+    let lse = logits
+        .broadcast_sub(&max)?
+        .exp()?
+        .sum_keepdim(D::Minus1)?
+        .log()?
+        .add(&max)?; // (N, 1)
     let targets_t = Tensor::from_vec(targets.clone(), (n, 1), device)?;
-    let logp: Vec<f32> = logits.gather(&targets_t, 1)?.sub(&lse)?.squeeze(1)?.to_vec1()?; // (N,)
+    let logp: Vec<f32> = logits
+        .gather(&targets_t, 1)?
+        .sub(&lse)?
+        .squeeze(1)?
+        .to_vec1()?; // (N,)
     let argmax: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?; // (N,)
     for i in rows.iter().flatten() {
         out[*i] = Scored {

@@ -268,10 +268,16 @@ impl TaskSpec {
             )));
         }
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(err(format!("`temperature` must be >= 0, got {}", self.temperature)));
+            return Err(err(format!(
+                "`temperature` must be >= 0, got {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(err(format!("`top_p` must be in (0, 1], got {}", self.top_p)));
+            return Err(err(format!(
+                "`top_p` must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         if self.kind == TaskKind::Code {
             if let Some(&k) = self.pass_k.iter().find(|&&k| k == 0 || k > self.samples) {

@@ -211,6 +211,8 @@ impl PretrainRecipe {
         {
             return bad("`tokenizer.train` needs a `[corpus]` to train on".into());
         }
-        self.train.validate()
+        self.train
+            .validate()
+            .map_err(|e| Error::config(origin, format!("[train] {e}")))
     }
 }

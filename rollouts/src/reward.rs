@@ -66,7 +66,10 @@ impl WeightedRewards {
             }
         }
         Ok(WeightedRewards {
-            rewards: rewards.into_iter().map(|(r, w)| (Arc::from(r), w)).collect(),
+            rewards: rewards
+                .into_iter()
+                .map(|(r, w)| (Arc::from(r), w))
+                .collect(),
             timeout: Some(DEFAULT_TIMEOUT),
         })
     }
@@ -115,8 +118,10 @@ impl WeightedRewards {
     ) -> Option<f32> {
         let name = reward.name().to_string();
         let outcome = match self.timeout {
-            None => catch_unwind(AssertUnwindSafe(|| reward.score(prompt, completion, sample)))
-                .map_err(|p| format!("panicked: {}", panic_message(&p))),
+            None => catch_unwind(AssertUnwindSafe(|| {
+                reward.score(prompt, completion, sample)
+            }))
+            .map_err(|p| format!("panicked: {}", panic_message(&p))),
             Some(deadline) => {
                 let (tx, rx) = mpsc::sync_channel(1);
                 let (r, p, c, s) = (

@@ -345,7 +345,8 @@ async fn produce(
                 } else {
                     "cancelled".into()
                 };
-                let msg = format!("rollout service: the generator panicked on batch {index}: {why}");
+                let msg =
+                    format!("rollout service: the generator panicked on batch {index}: {why}");
                 let _ = tx.send(Err(Error::Invalid(msg))).await;
                 return;
             }

@@ -15,11 +15,23 @@ fn math(completion: &str, answer: Value) -> Option<f32> {
 
 #[test]
 fn answer_extraction_prefers_boxed_then_hashes_then_last_number() {
-    assert_eq!(extract_answer(r"so 3 then \boxed{42} and 7").as_deref(), Some("42"));
-    assert_eq!(extract_answer(r"\boxed{1} then \boxed{\frac{1}{2}}").as_deref(), Some(r"\frac{1}{2}"));
-    assert_eq!(extract_answer("steps 5 and 6\n#### 1,234\nbye 9").as_deref(), Some("1,234"));
+    assert_eq!(
+        extract_answer(r"so 3 then \boxed{42} and 7").as_deref(),
+        Some("42")
+    );
+    assert_eq!(
+        extract_answer(r"\boxed{1} then \boxed{\frac{1}{2}}").as_deref(),
+        Some(r"\frac{1}{2}")
+    );
+    assert_eq!(
+        extract_answer("steps 5 and 6\n#### 1,234\nbye 9").as_deref(),
+        Some("1,234")
+    );
     assert_eq!(extract_answer("17 plus 25 is 42.").as_deref(), Some("42"));
-    assert_eq!(extract_answer("it is -3.5 degrees").as_deref(), Some("-3.5"));
+    assert_eq!(
+        extract_answer("it is -3.5 degrees").as_deref(),
+        Some("-3.5")
+    );
     assert_eq!(extract_answer("no digits here"), None);
     assert_eq!(extract_answer(r"\boxed{7"), Some("7".into())); // unbalanced box: last number
     assert_eq!(parse_number(r"\frac{1}{4}"), Some(0.25));
@@ -48,20 +60,38 @@ fn math_answer_compares_numerically() {
 #[test]
 fn format_and_length_rewards() {
     let f = FormatRegex::new(r"(?s)^<think>.*</think>\s*<answer>.*</answer>$", 0.5).unwrap();
-    assert_eq!(f.score("", "<think>a</think> <answer>4</answer>", &json!({})), Some(0.5));
+    assert_eq!(
+        f.score("", "<think>a</think> <answer>4</answer>", &json!({})),
+        Some(0.5)
+    );
     assert_eq!(f.score("", "4", &json!({})), Some(0.0));
-    assert!(FormatRegex::new("(unclosed", 1.0).unwrap_err().to_string().contains("(unclosed"));
+    assert!(FormatRegex::new("(unclosed", 1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("(unclosed"));
 
     // DAPO soft overlong: max 10, cache 4 → free up to 6, -0.5 at 8, -1 past 10.
-    let soft = LengthPenalty::new(LengthShape::Soft { max_len: 10, cache_len: 4 }, LengthUnit::Chars);
+    let soft = LengthPenalty::new(
+        LengthShape::Soft {
+            max_len: 10,
+            cache_len: 4,
+        },
+        LengthUnit::Chars,
+    );
     assert_eq!(soft.penalty(6), 0.0);
     assert_eq!(soft.penalty(8), -0.5);
     assert_eq!(soft.penalty(10), -1.0);
     assert_eq!(soft.penalty(11), -1.0);
     assert_eq!(soft.score("", "12345678", &json!({})), Some(-0.5));
     let lin = LengthPenalty::new(LengthShape::Linear { max_len: 4 }, LengthUnit::Tokens);
-    assert_eq!(lin.score("", "", &json!({"completion_tokens": 1})), Some(-0.25));
-    assert_eq!(lin.score("", "", &json!({"completion_tokens": 9})), Some(-1.0));
+    assert_eq!(
+        lin.score("", "", &json!({"completion_tokens": 1})),
+        Some(-0.25)
+    );
+    assert_eq!(
+        lin.score("", "", &json!({"completion_tokens": 9})),
+        Some(-1.0)
+    );
     assert_eq!(lin.score("", "", &json!({})), None); // no token count: not applicable
     let words = LengthPenalty::new(LengthShape::Linear { max_len: 4 }, LengthUnit::Words);
     assert_eq!(words.score("", " two  words ", &json!({})), Some(-0.5));
@@ -99,7 +129,9 @@ fn weighted() -> Vec<(Box<dyn Reward>, f32)> {
 #[test]
 fn weighted_sum_survives_a_panicking_reward() {
     for timeout in [None, Some(Duration::from_secs(5))] {
-        let rewards = WeightedRewards::new(weighted()).unwrap().with_timeout(timeout);
+        let rewards = WeightedRewards::new(weighted())
+            .unwrap()
+            .with_timeout(timeout);
         let (total, values) = rewards.score_all("q", "3 plus 4 is 7.", &json!({"answer": "7"}));
         assert_eq!(values["math_answer"], Some(1.0));
         assert_eq!(values["format"], Some(0.5));
@@ -125,8 +157,10 @@ fn slow_reward_times_out_and_others_still_score() {
 
 #[test]
 fn duplicate_reward_names_are_an_error() {
-    let dup: Vec<(Box<dyn Reward>, f32)> =
-        vec![(Box::new(MathAnswer::default()), 1.0), (Box::new(MathAnswer::default()), 1.0)];
+    let dup: Vec<(Box<dyn Reward>, f32)> = vec![
+        (Box::new(MathAnswer::default()), 1.0),
+        (Box::new(MathAnswer::default()), 1.0),
+    ];
     let err = WeightedRewards::new(dup).unwrap_err().to_string();
     assert!(err.contains("math_answer"), "{err}");
 }
@@ -140,7 +174,11 @@ fn eval(expr: &str) -> i64 {
         let close = inner
             .char_indices()
             .find(|&(_, c)| {
-                depth += match c { '(' => 1, ')' => -1, _ => 0 };
+                depth += match c {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
                 depth == 0
             })
             .unwrap()
@@ -150,7 +188,11 @@ fn eval(expr: &str) -> i64 {
         return apply(left, rest[0], rest[1].parse().unwrap());
     }
     let parts: Vec<&str> = expr.split_whitespace().collect();
-    apply(parts[0].parse().unwrap(), parts[1], parts[2].parse().unwrap())
+    apply(
+        parts[0].parse().unwrap(),
+        parts[1],
+        parts[2].parse().unwrap(),
+    )
 }
 
 fn apply(a: i64, op: &str, b: i64) -> i64 {
@@ -164,24 +206,54 @@ fn apply(a: i64, op: &str, b: i64) -> i64 {
 
 #[test]
 fn arithmetic_task_is_deterministic_and_correct() {
-    let task = ArithmeticTask { seed: 11, max_operand: 30, num_operations: 3 };
+    let task = ArithmeticTask {
+        seed: 11,
+        max_operand: 30,
+        num_operations: 3,
+    };
     let rows = task.rows(40).unwrap();
     assert_eq!(rows, task.rows(40).unwrap());
     assert_eq!(rows[..10], task.rows(10).unwrap()[..]); // a prefix
-    assert_ne!(rows, ArithmeticTask { seed: 12, ..task.clone() }.rows(40).unwrap());
+    assert_ne!(
+        rows,
+        ArithmeticTask {
+            seed: 12,
+            ..task.clone()
+        }
+        .rows(40)
+        .unwrap()
+    );
     for r in &rows {
         assert_eq!(r.prompt, format!("What is {}?", r.expression));
         assert_eq!(r.answer, eval(&r.expression).to_string(), "{}", r.prompt);
         assert_eq!(r.expression.matches(['+', ' ']).count(), 6); // 3 ops → 6 spaces
     }
-    let one = ArithmeticTask { seed: 0, max_operand: 50, num_operations: 1 };
+    let one = ArithmeticTask {
+        seed: 0,
+        max_operand: 50,
+        num_operations: 1,
+    };
     for r in one.rows(50).unwrap() {
-        let n: Vec<i64> = r.expression.split(' ').filter_map(|w| w.parse().ok()).collect();
+        let n: Vec<i64> = r
+            .expression
+            .split(' ')
+            .filter_map(|w| w.parse().ok())
+            .collect();
         assert!(n.iter().all(|&x| (0..=50).contains(&x)));
         assert_eq!(r.answer, eval(&r.expression).to_string());
     }
-    assert!(ArithmeticTask { max_operand: 0, ..one.clone() }.rows(1).is_err());
-    assert!(ArithmeticTask { num_operations: 0, ..one }.rows(1).is_err());
+    assert!(ArithmeticTask {
+        max_operand: 0,
+        ..one.clone()
+    }
+    .rows(1)
+    .is_err());
+    assert!(ArithmeticTask {
+        num_operations: 0,
+        ..one
+    }
+    .rows(1)
+    .is_err());
 }
 
 #[test]
@@ -198,7 +270,10 @@ fn arithmetic_rows_are_trl_formats_that_math_answer_scores() {
         assert_eq!(m[0]["content"], rows[i].prompt.as_str());
         assert_eq!(m[1]["role"], "assistant");
         let reply = m[1]["content"].as_str().unwrap();
-        assert_eq!(reply, format!("{} is {}.", rows[i].expression, rows[i].answer));
+        assert_eq!(
+            reply,
+            format!("{} is {}.", rows[i].expression, rows[i].answer)
+        );
         assert_eq!(grpo[i]["prompt"][0]["content"], rows[i].prompt.as_str());
         assert_eq!(reward.score("", reply, &grpo[i]), Some(1.0));
         let chosen = pref[i]["chosen"][0]["content"].as_str().unwrap();
@@ -210,5 +285,8 @@ fn arithmetic_rows_are_trl_formats_that_math_answer_scores() {
         assert!((1..=3).contains(&off.abs()));
     }
     // The reference script's first SFT row has this shape.
-    assert!(sft[0]["messages"][1]["content"].as_str().unwrap().ends_with('.'));
+    assert!(sft[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .ends_with('.'));
 }

@@ -38,7 +38,8 @@ fn char_tokenizer() -> Tokenizer {
 }
 
 fn tiny() -> (Model, Tokenizer) {
-    let model = Model::new_random(ModelConfig::tiny(ModelType::Llama, 64), &Device::Cpu, 7).unwrap();
+    let model =
+        Model::new_random(ModelConfig::tiny(ModelType::Llama, 64), &Device::Cpu, 7).unwrap();
     (model, char_tokenizer())
 }
 
@@ -65,7 +66,10 @@ fn requests(prompts: &[Vec<u32>], params: &SamplingParams) -> Vec<Request> {
 
 /// Logits `(T, V)` of `Model::forward` on one sequence.
 fn forward_logits(model: &Model, ids: &[u32]) -> Tensor {
-    let input = Tensor::new(ids, model.device()).unwrap().unsqueeze(0).unwrap();
+    let input = Tensor::new(ids, model.device())
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     model.forward(&input, None).unwrap().squeeze(0).unwrap()
 }
 
@@ -89,7 +93,10 @@ fn greedy_equals_forward_argmax_on_the_growing_sequence() {
         ..SamplingParams::greedy()
     };
     let prompts = prompts();
-    let out = Sampler::new(&model, &tok, 3).unwrap().generate(requests(&prompts, &params)).unwrap();
+    let out = Sampler::new(&model, &tok, 3)
+        .unwrap()
+        .generate(requests(&prompts, &params))
+        .unwrap();
     assert_eq!(out.len(), 5);
     for (p, c) in prompts.iter().zip(&out) {
         assert_eq!(c.token_ids.len(), 12);
@@ -120,14 +127,24 @@ fn seeded_samples_repeat_across_runs_and_batch_compositions() {
         .generate(vec![requests(&prompts, &params).remove(3)])
         .unwrap();
     assert_eq!(alone[0].token_ids, all[3].token_ids);
-    for (a, b) in alone[0].behaviour_logprobs.iter().zip(&all[3].behaviour_logprobs) {
+    for (a, b) in alone[0]
+        .behaviour_logprobs
+        .iter()
+        .zip(&all[3].behaviour_logprobs)
+    {
         assert!((a - b).abs() < 1e-5);
     }
     // Different ids draw different samples.
     assert_ne!(all[0].token_ids, all[1].token_ids);
     // A different seed gives a different sample.
     let other = batch
-        .generate(requests(&prompts, &SamplingParams { seed: 99, ..params.clone() }))
+        .generate(requests(
+            &prompts,
+            &SamplingParams {
+                seed: 99,
+                ..params.clone()
+            },
+        ))
         .unwrap();
     assert_ne!(other[3].token_ids, all[3].token_ids);
 }
@@ -145,7 +162,10 @@ fn behaviour_logprobs_are_log_softmax_of_forward_over_temperature() {
         ..Default::default()
     };
     let prompts = prompts();
-    let out = Sampler::new(&model, &tok, 4).unwrap().generate(requests(&prompts, &params)).unwrap();
+    let out = Sampler::new(&model, &tok, 4)
+        .unwrap()
+        .generate(requests(&prompts, &params))
+        .unwrap();
     for (p, c) in prompts.iter().zip(&out) {
         let seq: Vec<u32> = p.iter().chain(&c.token_ids).copied().collect();
         let logits = forward_logits(&model, &seq); // (T, V)
@@ -154,12 +174,20 @@ fn behaviour_logprobs_are_log_softmax_of_forward_over_temperature() {
         for (i, &tok_id) in c.token_ids.iter().enumerate() {
             let want = logp[p.len() - 1 + i][tok_id as usize];
             let got = c.behaviour_logprobs[i];
-            assert!((got - want).abs() <= 1e-5, "request {} token {i}: {got} vs {want}", c.id);
+            assert!(
+                (got - want).abs() <= 1e-5,
+                "request {} token {i}: {got} vs {want}",
+                c.id
+            );
             // Renormalising over a subset can only raise a kept token's probability.
             assert!(c.processed_logprobs[i] >= got - 1e-6);
         }
         // With 64 near-uniform tokens, top-k 10 makes the two differ.
-        assert!(c.processed_logprobs.iter().zip(&c.behaviour_logprobs).any(|(a, b)| a - b > 0.1));
+        assert!(c
+            .processed_logprobs
+            .iter()
+            .zip(&c.behaviour_logprobs)
+            .any(|(a, b)| a - b > 0.1));
     }
 }
 
@@ -184,13 +212,23 @@ fn continuous_batching_matches_one_full_batch() {
         r
     })
     .collect();
-    let full = Sampler::new(&model, &tok, 5).unwrap().generate(reqs.clone()).unwrap();
+    let full = Sampler::new(&model, &tok, 5)
+        .unwrap()
+        .generate(reqs.clone())
+        .unwrap();
     for max_batch in [1, 2] {
-        let cont = Sampler::new(&model, &tok, max_batch).unwrap().generate(reqs.clone()).unwrap();
+        let cont = Sampler::new(&model, &tok, max_batch)
+            .unwrap()
+            .generate(reqs.clone())
+            .unwrap();
         assert_eq!(cont.len(), 5);
         for (a, b) in cont.iter().zip(&full) {
             assert_eq!(a.id, b.id);
-            assert_eq!(a.token_ids, b.token_ids, "max_batch {max_batch}, request {}", a.id);
+            assert_eq!(
+                a.token_ids, b.token_ids,
+                "max_batch {max_batch}, request {}",
+                a.id
+            );
             assert_eq!(a.token_ids.len(), reqs[a.id as usize].params.max_new_tokens);
         }
     }
@@ -207,7 +245,11 @@ fn stop_ids_and_stop_strings_end_a_completion() {
     let run = |params: SamplingParams| {
         Sampler::new(&model, &tok, 2)
             .unwrap()
-            .generate(vec![Request { id: 0, prompt_ids: prompt.clone(), params }])
+            .generate(vec![Request {
+                id: 0,
+                prompt_ids: prompt.clone(),
+                params,
+            }])
             .unwrap()
             .remove(0)
     };
@@ -218,7 +260,10 @@ fn stop_ids_and_stop_strings_end_a_completion() {
     // Stop id: the 5th generated token; output ends at its first occurrence, kept.
     let stop = free.token_ids[4];
     let first = free.token_ids.iter().position(|&t| t == stop).unwrap();
-    let c = run(SamplingParams { stop_token_ids: vec![stop], ..base.clone() });
+    let c = run(SamplingParams {
+        stop_token_ids: vec![stop],
+        ..base.clone()
+    });
     assert_eq!(c.finish, FinishReason::Stop);
     assert_eq!(c.token_ids, free.token_ids[..=first]);
     assert_eq!(c.behaviour_logprobs.len(), c.token_ids.len());
@@ -228,7 +273,10 @@ fn stop_ids_and_stop_strings_end_a_completion() {
     let chars: Vec<char> = free.text.chars().collect();
     let s: String = chars[6..8].iter().collect();
     let at = free.text.find(&s).unwrap();
-    let c = run(SamplingParams { stop_strings: vec!["zz-never".into(), s.clone()], ..base.clone() });
+    let c = run(SamplingParams {
+        stop_strings: vec!["zz-never".into(), s.clone()],
+        ..base.clone()
+    });
     assert_eq!(c.finish, FinishReason::Stop);
     assert_eq!(c.text, free.text[..at]);
     let spelled = free.text[..at + s.len()].chars().count(); // one char per token
@@ -243,8 +291,18 @@ fn bad_params_are_errors_naming_the_field() {
     assert_eq!(p.temperature, 1.0);
     let (model, tok) = tiny();
     let sampler = Sampler::new(&model, &tok, 2).unwrap();
-    let req = |params: SamplingParams, prompt_ids: Vec<u32>| Request { id: 9, prompt_ids, params };
-    let e = sampler.generate(vec![req(SamplingParams { top_p: 0.0, ..Default::default() }, vec![1])]);
+    let req = |params: SamplingParams, prompt_ids: Vec<u32>| Request {
+        id: 9,
+        prompt_ids,
+        params,
+    };
+    let e = sampler.generate(vec![req(
+        SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        },
+        vec![1],
+    )]);
     assert!(e.unwrap_err().to_string().contains("top_p"));
     let e = sampler.generate(vec![req(SamplingParams::default(), vec![])]);
     assert!(e.unwrap_err().to_string().contains("empty prompt"));
@@ -254,34 +312,60 @@ fn bad_params_are_errors_naming_the_field() {
 }
 
 fn smollm2() -> Option<(Model, Tokenizer)> {
-    let path = std::env::var_os("SMELT_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/smelt/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-    });
+    let path = std::env::var_os("SMELT_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/smelt/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
     if !path.is_file() {
-        assert_ne!(std::env::var("SMELT_REQUIRE_ASSETS").as_deref(), Ok("1"), "missing {}", path.display());
-        eprintln!("skipped: SmolLM2 GGUF not found at {} (run ../shared/scripts/fetch-smollm2.sh)", path.display());
+        assert_ne!(
+            std::env::var("SMELT_REQUIRE_ASSETS").as_deref(),
+            Ok("1"),
+            "missing {}",
+            path.display()
+        );
+        eprintln!(
+            "skipped: SmolLM2 GGUF not found at {} (run ../shared/scripts/fetch-smollm2.sh)",
+            path.display()
+        );
         return None;
     }
-    let opts = LoadOptions { require_tokenizer: true, ..Default::default() };
+    let opts = LoadOptions {
+        require_tokenizer: true,
+        ..Default::default()
+    };
     let loaded = checkpoint::load(path.to_str().unwrap(), &Device::Cpu, &opts).unwrap();
     Some((loaded.model, loaded.tokenizer.unwrap()))
 }
 
 fn chat_prompt(tok: &Tokenizer, question: &str) -> Vec<u32> {
-    let text = tok.apply_chat_template(&[Message::new("user", question)], true).unwrap();
+    let text = tok
+        .apply_chat_template(&[Message::new("user", question)], true)
+        .unwrap();
     tok.encode(&text, false).unwrap()
 }
 
 #[test]
 fn smollm2_greedy_equals_forward_argmax() {
-    let Some((model, tok)) = smollm2() else { return };
+    let Some((model, tok)) = smollm2() else {
+        return;
+    };
     let prompts = vec![
         chat_prompt(&tok, "What is 2 plus 3?"),
-        chat_prompt(&tok, "Name a color of the sky on a clear day, in one word please."),
+        chat_prompt(
+            &tok,
+            "Name a color of the sky on a clear day, in one word please.",
+        ),
     ];
-    let params = SamplingParams { max_new_tokens: 6, ..SamplingParams::greedy() };
-    let out = Sampler::new(&model, &tok, 2).unwrap().generate(requests(&prompts, &params)).unwrap();
+    let params = SamplingParams {
+        max_new_tokens: 6,
+        ..SamplingParams::greedy()
+    };
+    let out = Sampler::new(&model, &tok, 2)
+        .unwrap()
+        .generate(requests(&prompts, &params))
+        .unwrap();
     for (p, c) in prompts.iter().zip(&out) {
         assert_greedy_is_forward_argmax(&model, p, c);
     }
@@ -292,19 +376,35 @@ fn smollm2_greedy_equals_forward_argmax() {
 #[test]
 #[ignore]
 fn throughput_vs_single_sequence_generate() {
-    let Some((model, tok)) = smollm2() else { return };
+    let Some((model, tok)) = smollm2() else {
+        return;
+    };
     let questions = [
-        "What is 2 plus 3?", "Write a haiku about rust.", "Why is the sky blue?",
-        "List three fruits.", "What is the capital of France?", "Tell me a joke.",
-        "Explain gravity briefly.", "Count from one to ten.",
+        "What is 2 plus 3?",
+        "Write a haiku about rust.",
+        "Why is the sky blue?",
+        "List three fruits.",
+        "What is the capital of France?",
+        "Tell me a joke.",
+        "Explain gravity briefly.",
+        "Count from one to ten.",
     ];
     let prompts: Vec<Vec<u32>> = questions.iter().map(|q| chat_prompt(&tok, q)).collect();
-    let params = SamplingParams { max_new_tokens: 64, ..SamplingParams::greedy() };
+    let params = SamplingParams {
+        max_new_tokens: 64,
+        ..SamplingParams::greedy()
+    };
     let t0 = std::time::Instant::now();
-    let out = Sampler::new(&model, &tok, 8).unwrap().generate(requests(&prompts, &params)).unwrap();
+    let out = Sampler::new(&model, &tok, 8)
+        .unwrap()
+        .generate(requests(&prompts, &params))
+        .unwrap();
     let sampler_s = t0.elapsed().as_secs_f64();
     let n: usize = out.iter().map(|c| c.token_ids.len()).sum();
-    let cfg = smelt::generate::GenerationConfig { max_new_tokens: 64, ..Default::default() };
+    let cfg = smelt::generate::GenerationConfig {
+        max_new_tokens: 64,
+        ..Default::default()
+    };
     let t0 = std::time::Instant::now();
     let mut m = 0;
     for (p, c) in prompts.iter().zip(&out) {

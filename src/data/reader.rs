@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use parquet::file::reader::SerializedFileReader;
@@ -99,6 +100,8 @@ pub struct ParquetRows {
     file: PathBuf,
     rows: parquet::record::reader::RowIter<'static>,
     row: usize,
+    /// Set once the reader panicked: its state is unknown, so iteration ends.
+    failed: bool,
 }
 
 impl ParquetRows {
@@ -111,6 +114,7 @@ impl ParquetRows {
             file: path.to_path_buf(),
             rows: reader.into_iter(),
             row: 0,
+            failed: false,
         })
     }
 }
@@ -119,10 +123,22 @@ impl Iterator for ParquetRows {
     type Item = Result<RawRow>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let row = self.rows.next()?;
+        if self.failed {
+            return None;
+        }
         let loc = Location::Row {
             file: self.file.clone(),
             row: self.row,
+        };
+        // The `parquet` record reader panics on some corrupt pages (e.g.
+        // `record/triplet.rs` on inconsistent levels); report the row instead and stop,
+        // since the reader's state after a panic is unknown.
+        let row = match std::panic::catch_unwind(AssertUnwindSafe(|| self.rows.next())) {
+            Ok(row) => row?,
+            Err(_) => {
+                self.failed = true;
+                return Some(Err(loc.error("cannot decode row: corrupt Parquet data")));
+            }
         };
         self.row += 1;
         Some(match row {

@@ -215,6 +215,9 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Most decoder layers a config may declare (a bound against lying `num_hidden_layers`).
+const MAX_LAYERS: usize = 4096;
+
 impl ModelConfig {
     /// Parses `config.json` at `path`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -257,6 +260,14 @@ impl ModelConfig {
                 "fields `hidden_size`, `num_attention_heads`, `num_hidden_layers` must be positive"
                     .into(),
             ));
+        }
+        // Per-layer tables (rope flags, the parameter list) are sized from this field
+        // before any weight is read, so a lying value must not reach them; the deepest
+        // Llama-family models have ~130 layers.
+        if num_hidden_layers > MAX_LAYERS {
+            return Err(f.err(format!(
+                "field `num_hidden_layers`: {num_hidden_layers} exceeds the supported maximum {MAX_LAYERS}"
+            )));
         }
         let num_key_value_heads = f
             .usize_opt("num_key_value_heads")?

@@ -140,10 +140,14 @@ mod tests {
 
     #[test]
     fn left_padded_mask_hides_each_rows_padding() {
-        let m = decode_left_padded(&[0, 2], 3, 1, &Device::Cpu).unwrap().unwrap();
+        let m = decode_left_padded(&[0, 2], 3, 1, &Device::Cpu)
+            .unwrap()
+            .unwrap();
         let m: Vec<Vec<f32>> = m.squeeze(1).unwrap().squeeze(1).unwrap().to_vec2().unwrap();
         assert_eq!(m[0], vec![0.0; 4]);
         assert_eq!(m[1], vec![MASKED, MASKED, 0.0, 0.0]);
-        assert!(decode_left_padded(&[0, 0], 3, 1, &Device::Cpu).unwrap().is_none());
+        assert!(decode_left_padded(&[0, 0], 3, 1, &Device::Cpu)
+            .unwrap()
+            .is_none());
     }
 }

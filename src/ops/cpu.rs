@@ -60,7 +60,9 @@ where
     F: Fn(usize, &mut [T]) -> R + Sync,
 {
     let rows = if row_len == 0 { 0 } else { out.len() / row_len };
-    let threads = candle_core::utils::get_num_threads().max(1).min(rows.max(1));
+    let threads = candle_core::utils::get_num_threads()
+        .max(1)
+        .min(rows.max(1));
     // below ~32k elements a thread costs more than it saves
     if threads == 1 || out.len() < 32 * 1024 {
         return vec![f(0, out)];

@@ -67,16 +67,31 @@ pub fn linear_cross_entropy(
         let logits = super::reference::linear(hidden, weight, None)?;
         let (_, _, correct) = super::reference::cross_entropy_sum(&logits, &labels)?;
         let nll = per_token_reference_nll(&logits, &labels)?;
-        return Ok(LinearCrossEntropy { nll, count, correct });
+        return Ok(LinearCrossEntropy {
+            nll,
+            count,
+            correct,
+        });
     }
     let out = hidden.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &labels.contiguous()?,
-        LinearCe { chunk: chunk.max(1), backward: false },
+        LinearCe {
+            chunk: chunk.max(1),
+            backward: false,
+        },
     )?; // (N, 4)
     let nll = out.narrow(1, 0, 1)?.squeeze(1)?;
-    let correct = out.narrow(1, 2, 1)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-    Ok(LinearCrossEntropy { nll, count, correct })
+    let correct = out
+        .narrow(1, 2, 1)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
+    Ok(LinearCrossEntropy {
+        nll,
+        count,
+        correct,
+    })
 }
 
 /// Same contract as [`super::cross_entropy_sum`] (summed NLL, count, correct) but from
@@ -93,7 +108,9 @@ pub fn linear_cross_entropy_sum(
 /// Per-token NLL from explicit logits (fallback path), 0 at ignored labels.
 fn per_token_reference_nll(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let mask = labels.ge(0i64)?;
-    let safe = mask.where_cond(labels, &labels.zeros_like()?)?.to_dtype(DType::U32)?;
+    let safe = mask
+        .where_cond(labels, &labels.zeros_like()?)?
+        .to_dtype(DType::U32)?;
     let max = logits.max_keepdim(1)?.detach(); // (N, 1), constant for stability
     let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?; // (N, 1)
     let picked = logits.gather(&safe.unsqueeze(1)?, 1)?; // (N, 1)
@@ -169,7 +186,11 @@ fn forward<T: Real>(
         let keep = l >= 0;
         out.push(T::from_f64(if keep { lse - st[2] } else { 0.0 }));
         out.push(T::from_f64(lse));
-        out.push(T::from_f64(if keep && st[4] as i64 == l { 1.0 } else { 0.0 }));
+        out.push(T::from_f64(if keep && st[4] as i64 == l {
+            1.0
+        } else {
+            0.0
+        }));
         out.push(T::from_f64(l as f64));
     }
     Ok(out)
@@ -207,7 +228,13 @@ fn backward<T: Real>(
         });
         let dl_s = T::to_cpu_storage_owned(dl);
         let dl_l = Layout::contiguous((n, c));
-        let dh: Vec<T> = matmul(&dl_s, &dl_l, ws, &weight_slice(wl, v, h, c0, c, false)?, (n, h, c))?; // (N, H)
+        let dh: Vec<T> = matmul(
+            &dl_s,
+            &dl_l,
+            ws,
+            &weight_slice(wl, v, h, c0, c, false)?,
+            (n, h, c),
+        )?; // (N, H)
         for (a, b) in out[..n * h].iter_mut().zip(dh) {
             *a += b;
         }
@@ -243,8 +270,22 @@ impl CustomOp3 for LinearCe {
         }
         if self.backward {
             let out = match s1.dtype() {
-                DType::F32 => CpuStorage::F32(backward::<f32>(s1, l1, s2, l2, slice(s3, l3, name)?, self.chunk)?),
-                DType::F64 => CpuStorage::F64(backward::<f64>(s1, l1, s2, l2, slice(s3, l3, name)?, self.chunk)?),
+                DType::F32 => CpuStorage::F32(backward::<f32>(
+                    s1,
+                    l1,
+                    s2,
+                    l2,
+                    slice(s3, l3, name)?,
+                    self.chunk,
+                )?),
+                DType::F64 => CpuStorage::F64(backward::<f64>(
+                    s1,
+                    l1,
+                    s2,
+                    l2,
+                    slice(s3, l3, name)?,
+                    self.chunk,
+                )?),
                 d => return Err(unsupported(d, name)),
             };
             return Ok((out, Shape::from(n * h + v * h)));
@@ -267,14 +308,21 @@ impl CustomOp3 for LinearCe {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let aux = Tensor::cat(
-            &[grad.narrow(1, 0, 1)?, res.narrow(1, 1, 1)?, res.narrow(1, 3, 1)?],
+            &[
+                grad.narrow(1, 0, 1)?,
+                res.narrow(1, 1, 1)?,
+                res.narrow(1, 3, 1)?,
+            ],
             1,
         )?
         .contiguous()?; // (N, 3): [g, lse, label]
         let packed = hidden.apply_op3_no_bwd(
             weight,
             &aux,
-            &LinearCe { chunk: self.chunk, backward: true },
+            &LinearCe {
+                chunk: self.chunk,
+                backward: true,
+            },
         )?; // (N·H + V·H,)
         let (nh, vh) = (hidden.elem_count(), weight.elem_count());
         let dh = packed.narrow(0, 0, nh)?.reshape(hidden.shape())?;

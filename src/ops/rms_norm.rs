@@ -24,7 +24,10 @@ pub fn fused_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         return super::reference::rms_norm(x, weight, eps);
     }
     if weight.dims() != [h] {
-        candle_core::bail!("rms_norm: weight shape {:?}, expected ({h},)", weight.dims());
+        candle_core::bail!(
+            "rms_norm: weight shape {:?}, expected ({h},)",
+            weight.dims()
+        );
     }
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, RmsNorm { eps })

@@ -27,7 +27,13 @@ pub fn fused_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     }
     let (b, _, t, d) = x.dims4()?;
     let (bc, one, tc, dc) = cos.dims4()?;
-    if !(bc == b || bc == 1) || one != 1 || tc != t || dc != d || sin.dims() != cos.dims() || d % 2 != 0 {
+    if !(bc == b || bc == 1)
+        || one != 1
+        || tc != t
+        || dc != d
+        || sin.dims() != cos.dims()
+        || d % 2 != 0
+    {
         candle_core::bail!(
             "rope: x {:?} with cos {:?} / sin {:?}: tables must be (B or 1, 1, T, D), D even",
             x.dims(),
@@ -35,8 +41,11 @@ pub fn fused_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
             sin.dims()
         );
     }
-    x.contiguous()?
-        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { transpose: false })
+    x.contiguous()?.apply_op3(
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        Rope { transpose: false },
+    )
 }
 
 /// `(x, cos, sin) → y`; with `transpose` the adjoint map (used as the backward).
@@ -44,7 +53,14 @@ struct Rope {
     transpose: bool,
 }
 
-fn kernel<T: Real>(x: &[T], cos: &[T], sin: &[T], dims: [usize; 4], bc: usize, transpose: bool) -> Vec<T> {
+fn kernel<T: Real>(
+    x: &[T],
+    cos: &[T],
+    sin: &[T],
+    dims: [usize; 4],
+    bc: usize,
+    transpose: bool,
+) -> Vec<T> {
     let [_, nh, t, d] = dims;
     let h = d / 2;
     let mut y = vec![T::zero(); x.len()];
@@ -122,9 +138,13 @@ impl CustomOp3 for Rope {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = grad
-            .contiguous()?
-            .apply_op3_no_bwd(cos, sin, &Rope { transpose: !self.transpose })?;
+        let dx = grad.contiguous()?.apply_op3_no_bwd(
+            cos,
+            sin,
+            &Rope {
+                transpose: !self.transpose,
+            },
+        )?;
         Ok((Some(dx), None, None))
     }
 }

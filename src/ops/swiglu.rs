@@ -20,7 +20,11 @@ pub fn fused_swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return super::reference::swiglu(gate, up);
     }
     if gate.shape() != up.shape() {
-        candle_core::bail!("swiglu: gate {:?} and up {:?} differ", gate.dims(), up.dims());
+        candle_core::bail!(
+            "swiglu: gate {:?} and up {:?} differ",
+            gate.dims(),
+            up.dims()
+        );
     }
     gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
 }

@@ -57,8 +57,29 @@ impl Tokenizer {
     pub fn from_file(tokenizer_json: &Path) -> Result<Self> {
         let name = tokenizer_json.display().to_string();
         let bytes = std::fs::read(tokenizer_json).map_err(|e| Error::io(tokenizer_json, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::tokenizer(&name, format!("malformed tokenizer.json: {e}")))?;
+        // tokenizers 0.23 panics (rather than erring) on some malformed files, e.g. a
+        // truncated `decoder` section (`decoders/mod.rs`); turn that into an error too.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes));
+        let inner = match parsed {
+            Ok(r) => {
+                r.map_err(|e| Error::tokenizer(&name, format!("malformed tokenizer.json: {e}")))?
+            }
+            Err(_) => {
+                return Err(Error::tokenizer(
+                    &name,
+                    "malformed tokenizer.json (the tokenizers parser rejected it)",
+                ))
+            }
+        };
+        // A post-processor template naming a special token it does not define loads
+        // fine and panics on every encode (tokenizers 0.23 `processors/template.rs`):
+        // probe once here so the file is rejected at load, by name.
+        if std::panic::catch_unwind(|| inner.encode("a", true)).is_err() {
+            return Err(Error::tokenizer(
+                &name,
+                "malformed tokenizer.json: encoding panics (does `post_processor` name a special token it does not define?)",
+            ));
+        }
         let dir = tokenizer_json.parent().unwrap_or_else(|| Path::new("."));
 
         let mut special = SpecialTokens::default();

@@ -29,7 +29,11 @@ pub fn mean_std(x: &[f64]) -> (f64, f64) {
 ///
 /// Also returns, per completion, whether its scaling std is (close to) zero (TRL's
 /// `is_std_zero`, the source of `frac_reward_zero_std`).
-pub fn group_advantages(rewards: &[f64], group: usize, scale: ScaleRewards) -> (Vec<f64>, Vec<bool>) {
+pub fn group_advantages(
+    rewards: &[f64],
+    group: usize,
+    scale: ScaleRewards,
+) -> (Vec<f64>, Vec<bool>) {
     let (_, batch_std) = mean_std(rewards);
     let mut adv = Vec::with_capacity(rewards.len());
     let mut zero_std = Vec::with_capacity(rewards.len());
@@ -75,16 +79,35 @@ pub fn generation_metrics(rollouts: &[Rollout], zero_std: &[bool]) -> Metrics {
         m.add(&format!("rewards/{name}/std"), std, 1.0);
     }
     let n = zero_std.len().max(1) as f64;
-    m.add("frac_reward_zero_std", zero_std.iter().filter(|z| **z).count() as f64 / n, 1.0);
-    let lens: Vec<f64> = rollouts.iter().map(|r| r.completion_ids.len() as f64).collect();
+    m.add(
+        "frac_reward_zero_std",
+        zero_std.iter().filter(|z| **z).count() as f64 / n,
+        1.0,
+    );
+    let lens: Vec<f64> = rollouts
+        .iter()
+        .map(|r| r.completion_ids.len() as f64)
+        .collect();
     m.add("completions/mean_length", mean_std(&lens).0, 1.0);
-    m.add("completions/min_length", lens.iter().cloned().fold(f64::INFINITY, f64::min), 1.0);
-    m.add("completions/max_length", lens.iter().cloned().fold(0.0, f64::max), 1.0);
+    m.add(
+        "completions/min_length",
+        lens.iter().cloned().fold(f64::INFINITY, f64::min),
+        1.0,
+    );
+    m.add(
+        "completions/max_length",
+        lens.iter().cloned().fold(0.0, f64::max),
+        1.0,
+    );
     let truncated = rollouts
         .iter()
         .filter(|r| r.finish == smelt_rollouts::FinishReason::Length)
         .count();
-    m.add("completions/clipped_ratio", truncated as f64 / rollouts.len().max(1) as f64, 1.0);
+    m.add(
+        "completions/clipped_ratio",
+        truncated as f64 / rollouts.len().max(1) as f64,
+        1.0,
+    );
     m
 }
 
@@ -100,7 +123,10 @@ mod tests {
         let (a, z) = group_advantages(&r, 4, ScaleRewards::Group);
         let s = (1.0f64 / 3.0).sqrt();
         let expect = 0.5 / (s + 1e-4);
-        for (got, want) in a.iter().zip([expect, -expect, -expect, expect, 0.0, 0.0, 0.0, 0.0]) {
+        for (got, want) in a
+            .iter()
+            .zip([expect, -expect, -expect, expect, 0.0, 0.0, 0.0, 0.0])
+        {
             assert!((got - want).abs() < 1e-12, "{got} vs {want}");
         }
         assert_eq!(z, vec![false, false, false, false, true, true, true, true]);

@@ -62,8 +62,28 @@ pub fn collate(
     let mut old = old_logps.map(|_| vec![0f32; b * t]);
     let mut tokens = 0;
     for (i, r) in rollouts.iter().enumerate() {
+        let n = r.completion_ids.len();
+        let old_len = old_logps.map(|o| o.get(i).map_or(0, |v| v.len()));
+        if r.behaviour_logprobs.len() != n
+            || old_len.is_some_and(|l| l != n)
+            || r.prompt_ids.is_empty()
+        {
+            return Err(smelt::Error::Invalid(format!(
+                "rollout (prompt {}, sample {}): {} prompt tokens, {n} completion tokens but {} behaviour log-probs{}",
+                r.prompt_index,
+                r.sample_index,
+                r.prompt_ids.len(),
+                r.behaviour_logprobs.len(),
+                old_len.map_or(String::new(), |l| format!(" and {l} old log-probs")),
+            )));
+        }
         let row = &mut ids[i * t..(i + 1) * t];
-        let seq: Vec<u32> = r.prompt_ids.iter().chain(&r.completion_ids).copied().collect();
+        let seq: Vec<u32> = r
+            .prompt_ids
+            .iter()
+            .chain(&r.completion_ids)
+            .copied()
+            .collect();
         row[..seq.len()].copy_from_slice(&seq);
         targets[i * t..i * t + seq.len() - 1].copy_from_slice(&seq[1..]);
         let trained = !(mask_truncated && r.finish == FinishReason::Length);
@@ -87,7 +107,9 @@ pub fn collate(
         mask: Tensor::from_vec(mask, shape, device)?,
         advantages: Tensor::from_vec(advantages.to_vec(), (b, 1), device)?,
         behaviour_logps: Tensor::from_vec(behaviour, shape, device)?,
-        old_logps: old.map(|o| Tensor::from_vec(o, shape, device)).transpose()?,
+        old_logps: old
+            .map(|o| Tensor::from_vec(o, shape, device))
+            .transpose()?,
         sequences: b,
         tokens,
         step_metrics: None,
@@ -136,10 +158,19 @@ mod tests {
             rollout(vec![4], vec![3], FinishReason::Length),
         ];
         let b = collate(&rs, &[1.0, -1.0], None, true, &Device::Cpu).unwrap();
-        assert_eq!(b.input_ids.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 7, 8, 9], vec![4, 3, 0, 0, 0]]);
-        assert_eq!(b.targets.to_vec2::<u32>().unwrap(), vec![vec![6, 7, 8, 9, 0], vec![3, 0, 0, 0, 0]]);
+        assert_eq!(
+            b.input_ids.to_vec2::<u32>().unwrap(),
+            vec![vec![5, 6, 7, 8, 9], vec![4, 3, 0, 0, 0]]
+        );
+        assert_eq!(
+            b.targets.to_vec2::<u32>().unwrap(),
+            vec![vec![6, 7, 8, 9, 0], vec![3, 0, 0, 0, 0]]
+        );
         // row 0 predicts its completion at positions 1..4; row 1 is truncated and masked
-        assert_eq!(b.mask.to_vec2::<f32>().unwrap(), vec![vec![0., 1., 1., 1., 0.], vec![0.; 5]]);
+        assert_eq!(
+            b.mask.to_vec2::<f32>().unwrap(),
+            vec![vec![0., 1., 1., 1., 0.], vec![0.; 5]]
+        );
         assert_eq!(b.tokens, 3);
         let back = per_rollout(&b.behaviour_logps, &rs).unwrap();
         assert_eq!(back, vec![vec![-1., -2., -3.], vec![-1.]]);

@@ -117,36 +117,58 @@ impl GrpoConfig {
         self.per_device_train_batch_size * grad_accumulation_steps as usize
     }
 
-    /// Checks ranges; errors name the key.
+    /// Checks ranges and that a step's generation batch holds whole groups; errors name the key.
     pub fn validate(&self, grad_accumulation_steps: u64) -> Result<()> {
-        let bad = |key: &str, msg: String| Err(Error::config("grpo config", format!("`{key}`: {msg}")));
+        self.validate_settings()?;
+        let gen = self.generation_batch_size(grad_accumulation_steps);
+        if !gen.is_multiple_of(self.num_generations) {
+            return Err(Error::config("grpo config", format!(
+                "`num_generations`: the generation batch (per_device_train_batch_size {} × grad_accumulation_steps {grad_accumulation_steps} = {gen}) must be divisible by it ({})",
+                self.per_device_train_batch_size, self.num_generations
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks every range that does not depend on the accumulation; errors name the key.
+    pub fn validate_settings(&self) -> Result<()> {
+        let bad =
+            |key: &str, msg: String| Err(Error::config("grpo config", format!("`{key}`: {msg}")));
         if self.num_generations < 2 {
-            return bad("num_generations", format!("must be at least 2 (a group needs a baseline), got {}", self.num_generations));
+            return bad(
+                "num_generations",
+                format!(
+                    "must be at least 2 (a group needs a baseline), got {}",
+                    self.num_generations
+                ),
+            );
         }
         if self.per_device_train_batch_size == 0 {
             return bad("per_device_train_batch_size", "must be at least 1".into());
-        }
-        let gen = self.generation_batch_size(grad_accumulation_steps);
-        if gen % self.num_generations != 0 {
-            return bad(
-                "num_generations",
-                format!("the generation batch (per_device_train_batch_size {} × grad_accumulation_steps {grad_accumulation_steps} = {gen}) must be divisible by it ({})", self.per_device_train_batch_size, self.num_generations),
-            );
         }
         if self.max_completion_length == 0 {
             return bad("max_completion_length", "must be at least 1".into());
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return bad("temperature", format!("must be positive, got {}", self.temperature));
+            return bad(
+                "temperature",
+                format!("must be positive, got {}", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("must be in (0, 1], got {}", self.top_p));
         }
         if !(self.epsilon >= 0.0 && self.epsilon < 1.0) {
-            return bad("epsilon", format!("must be in [0, 1), got {}", self.epsilon));
+            return bad(
+                "epsilon",
+                format!("must be in [0, 1), got {}", self.epsilon),
+            );
         }
-        if !(self.epsilon_high() >= 0.0) {
-            return bad("epsilon_high", format!("must be >= 0, got {}", self.epsilon_high()));
+        if self.epsilon_high().is_nan() || self.epsilon_high() < 0.0 {
+            return bad(
+                "epsilon_high",
+                format!("must be >= 0, got {}", self.epsilon_high()),
+            );
         }
         if self.num_iterations == 0 {
             return bad("num_iterations", "must be at least 1".into());
@@ -155,7 +177,7 @@ impl GrpoConfig {
             return bad("beta", format!("must be >= 0, got {}", self.beta));
         }
         if let Some(c) = self.importance_sampling_cap {
-            if !(c >= 1.0) {
+            if c.is_nan() || c < 1.0 {
                 return bad("importance_sampling_cap", format!("must be >= 1, got {c}"));
             }
         }
@@ -174,13 +196,30 @@ mod tests {
     fn defaults_follow_trl_and_unknown_keys_name_the_key() {
         let c: GrpoConfig = toml::from_str("").unwrap();
         assert_eq!(c, GrpoConfig::default());
-        assert_eq!((c.num_generations, c.loss_type, c.scale_rewards), (8, LossType::Dapo, ScaleRewards::Group));
+        assert_eq!(
+            (c.num_generations, c.loss_type, c.scale_rewards),
+            (8, LossType::Dapo, ScaleRewards::Group)
+        );
         assert_eq!(c.epsilon_high(), 0.2);
-        let c: GrpoConfig = toml::from_str("loss_type = \"dr_grpo\"\nscale_rewards = \"none\"\nepsilon_high = 0.28").unwrap();
-        assert_eq!((c.loss_type, c.scale_rewards, c.epsilon_high()), (LossType::DrGrpo, ScaleRewards::None, 0.28));
-        let err = toml::from_str::<GrpoConfig>("num_generation = 4").unwrap_err().to_string();
+        let c: GrpoConfig = toml::from_str(
+            "loss_type = \"dr_grpo\"\nscale_rewards = \"none\"\nepsilon_high = 0.28",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.loss_type, c.scale_rewards, c.epsilon_high()),
+            (LossType::DrGrpo, ScaleRewards::None, 0.28)
+        );
+        let err = toml::from_str::<GrpoConfig>("num_generation = 4")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("num_generation"), "{err}");
-        let err = GrpoConfig { num_generations: 3, ..Default::default() }.validate(1).unwrap_err().to_string();
+        let err = GrpoConfig {
+            num_generations: 3,
+            ..Default::default()
+        }
+        .validate(1)
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("num_generations"), "{err}");
     }
 }

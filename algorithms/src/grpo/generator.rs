@@ -21,6 +21,9 @@ use std::time::Instant;
 /// Scores one completion: reward name → value (`None` = not applicable).
 pub type RewardFn = Box<dyn Fn(&PromptRow, &[u32]) -> BTreeMap<String, Option<f32>> + Send>;
 
+/// Turns completion ids into text.
+pub type DecodeFn = Box<dyn Fn(&[u32]) -> String + Send>;
+
 /// Sampling settings of [`SequentialGenerator`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingSettings {
@@ -43,12 +46,16 @@ pub struct SequentialGenerator {
     settings: SamplingSettings,
     reward: RewardFn,
     weights: BTreeMap<String, f32>,
-    decode: Option<Box<dyn Fn(&[u32]) -> String + Send>>,
+    decode: Option<DecodeFn>,
 }
 
 impl SequentialGenerator {
     /// A generator scoring with `reward`, weighting each named reward by `weights` (default 1).
-    pub fn new(settings: SamplingSettings, reward: RewardFn, weights: BTreeMap<String, f32>) -> Self {
+    pub fn new(
+        settings: SamplingSettings,
+        reward: RewardFn,
+        weights: BTreeMap<String, f32>,
+    ) -> Self {
         SequentialGenerator {
             settings,
             reward,
@@ -58,7 +65,7 @@ impl SequentialGenerator {
     }
 
     /// Fills `completion_text` with `decode(completion_ids)`.
-    pub fn with_decoder(mut self, decode: Box<dyn Fn(&[u32]) -> String + Send>) -> Self {
+    pub fn with_decoder(mut self, decode: DecodeFn) -> Self {
         self.decode = Some(decode);
         self
     }
@@ -67,7 +74,11 @@ impl SequentialGenerator {
         let scores = match catch_unwind(AssertUnwindSafe(|| (self.reward)(row, completion))) {
             Ok(s) => s,
             Err(p) => {
-                eprintln!("reward panicked on prompt {}: {}", row.index, panic_message(p));
+                eprintln!(
+                    "reward panicked on prompt {}: {}",
+                    row.index,
+                    panic_message(p)
+                );
                 BTreeMap::from([("error".to_string(), None)])
             }
         };
@@ -80,7 +91,12 @@ impl SequentialGenerator {
 }
 
 impl Generator for SequentialGenerator {
-    fn generate(&mut self, model: &Model, prompts: &[PromptRow], version: u64) -> Result<Vec<Rollout>> {
+    fn generate(
+        &mut self,
+        model: &Model,
+        prompts: &[PromptRow],
+        version: u64,
+    ) -> Result<Vec<Rollout>> {
         let started = Instant::now();
         let s = &self.settings;
         let mut out = Vec::with_capacity(prompts.len() * s.num_generations);
@@ -101,9 +117,9 @@ impl Generator for SequentialGenerator {
                     sample_index: j as u32,
                     prompt_ids: row.prompt_ids.clone(),
                     completion_text: self.decode.as_ref().map_or(String::new(), |d| d(&g.tokens)),
+                    behaviour_logprobs: vec![0.0; g.tokens.len()], // filled below
+                    processed_logprobs: vec![0.0; g.tokens.len()],
                     completion_ids: g.tokens,
-                    behaviour_logprobs: vec![],
-                    processed_logprobs: vec![],
                     finish: match g.finish {
                         GenFinish::Stop => FinishReason::Stop,
                         GenFinish::Length => FinishReason::Length,
@@ -127,7 +143,11 @@ impl Generator for SequentialGenerator {
 }
 
 /// `log_softmax(forward / temperature)` at each rollout's completion tokens.
-pub fn behaviour_logprobs(model: &Model, rollouts: &[Rollout], temperature: f64) -> Result<Vec<Vec<f32>>> {
+pub fn behaviour_logprobs(
+    model: &Model,
+    rollouts: &[Rollout],
+    temperature: f64,
+) -> Result<Vec<Vec<f32>>> {
     let zeros = vec![0f32; rollouts.len()];
     let b = collate(rollouts, &zeros, None, false, model.device())?;
     let logits = (model.forward(&b.input_ids, None)? / temperature)?.detach(); // (B, T, V)

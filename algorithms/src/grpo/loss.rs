@@ -101,7 +101,12 @@ pub fn k3_kl(ref_logps: &Tensor, logps: &Tensor) -> Result<Tensor> {
 
 /// Truncated importance weight `min(exp((old − behaviour)·mask), cap)` per token, `(B, T)`
 /// (TRL `token_truncate`); masked positions get weight 1.
-pub fn truncated_is_weight(old: &Tensor, behaviour: &Tensor, mask: &Tensor, cap: f64) -> Result<Tensor> {
+pub fn truncated_is_weight(
+    old: &Tensor,
+    behaviour: &Tensor,
+    mask: &Tensor,
+    cap: f64,
+) -> Result<Tensor> {
     let w = ((old - behaviour)? * mask)?.exp()?; // (B, T)
     Ok(w.clamp(0.0f32, cap as f32)?.detach())
 }
@@ -127,7 +132,11 @@ pub fn token_sum(loss: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// `dr_grpo`: Σ ℓ·m / L_max — one unit per sequence, so the loop's division gives
 /// Σ ℓ·m / (B_step · L_max), TRL's `(per_token_loss*mask).sum() / (B · max_completion_length)`
 /// over accumulated micro-batches of equal size.
-pub fn constant_normalised_sum(loss: &Tensor, mask: &Tensor, max_completion_length: usize) -> Result<Tensor> {
+pub fn constant_normalised_sum(
+    loss: &Tensor,
+    mask: &Tensor,
+    max_completion_length: usize,
+) -> Result<Tensor> {
     Ok((token_sum(loss, mask)? / max_completion_length as f64)?)
 }
 
@@ -139,7 +148,12 @@ pub fn local_token_mean(loss: &Tensor, mask: &Tensor) -> Result<Tensor> {
 }
 
 /// The summed loss of `loss_type` over a micro-batch.
-pub fn aggregate(kind: LossType, loss: &Tensor, mask: &Tensor, max_completion_length: usize) -> Result<Tensor> {
+pub fn aggregate(
+    kind: LossType,
+    loss: &Tensor,
+    mask: &Tensor,
+    max_completion_length: usize,
+) -> Result<Tensor> {
     match kind {
         LossType::Grpo => sequence_mean_sum(loss, mask),
         LossType::Bnpo => local_token_mean(loss, mask),
@@ -225,8 +239,14 @@ mod tests {
                 assert!((a - b).abs() < 1e-6, "{a} vs {b}");
             }
         }
-        assert_eq!(v(&out.high_clipped), vec![vec![1., 0., 0.], vec![0., 0., 0.]]);
-        assert_eq!(v(&out.low_clipped), vec![vec![0., 0., 0.], vec![0., 1., 0.]]);
+        assert_eq!(
+            v(&out.high_clipped),
+            vec![vec![1., 0., 0.], vec![0., 0., 0.]]
+        );
+        assert_eq!(
+            v(&out.low_clipped),
+            vec![vec![0., 0., 0.], vec![0., 1., 0.]]
+        );
         let g = out.loss.sum_all().unwrap().backward().unwrap();
         let g = v(g.get(logps.as_tensor()).unwrap());
         let want_g = [[0.0f32, -0.5, -1.0], [1.5, 0.0, 1.0]];
@@ -287,7 +307,11 @@ mod tests {
         })
         .unwrap();
         let l = v(&out.loss);
-        assert!((l[0][0] - (-3.0 + 0.1 * (1.0 - 2f32.ln()))).abs() < 1e-6, "{}", l[0][0]);
+        assert!(
+            (l[0][0] - (-3.0 + 0.1 * (1.0 - 2f32.ln()))).abs() < 1e-6,
+            "{}",
+            l[0][0]
+        );
         assert!((l[0][1] + 0.5).abs() < 1e-6);
     }
 }

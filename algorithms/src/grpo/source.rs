@@ -150,7 +150,10 @@ impl GrpoSource {
                 },
             )?);
         }
-        service.as_mut().expect("just set").publish(version, &self.policy)
+        service
+            .as_mut()
+            .expect("just set")
+            .publish(version, &self.policy)
     }
 
     fn start_batch(&mut self, version: u64) -> Result<Pending> {
@@ -167,11 +170,22 @@ impl GrpoSource {
         }
         self.next_index = gb.index + 1;
         let rewards: Vec<f64> = gb.rollouts.iter().map(|r| r.reward as f64).collect();
-        let (adv, zero_std) =
-            group_advantages(&rewards, self.config.num_generations, self.config.scale_rewards);
+        let (adv, zero_std) = group_advantages(
+            &rewards,
+            self.config.num_generations,
+            self.config.scale_rewards,
+        );
         let mut metrics = generation_metrics(&gb.rollouts, &zero_std);
-        let tokens = gb.rollouts.iter().map(|r| r.completion_ids.len()).sum::<usize>();
-        metrics.add("generation/tokens_per_s", tokens as f64 / gb.generation_s.max(1e-9), 1.0);
+        let tokens = gb
+            .rollouts
+            .iter()
+            .map(|r| r.completion_ids.len())
+            .sum::<usize>();
+        metrics.add(
+            "generation/tokens_per_s",
+            tokens as f64 / gb.generation_s.max(1e-9),
+            1.0,
+        );
         metrics.add("generation/seconds", gb.generation_s, 1.0);
         let mut pending = Pending {
             index: gb.index,
@@ -193,8 +207,15 @@ impl GrpoSource {
     fn old_logps(&self, p: &Pending) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(p.rollouts.len());
         for chunk in p.rollouts.chunks(self.config.per_device_train_batch_size) {
-            let b = collate(chunk, &vec![0.0; chunk.len()], None, false, self.policy.device())?;
-            let logits = (self.policy.forward(&b.input_ids, None)? / self.config.temperature)?.detach(); // (B, T, V)
+            let b = collate(
+                chunk,
+                &vec![0.0; chunk.len()],
+                None,
+                false,
+                self.policy.device(),
+            )?;
+            let logits =
+                (self.policy.forward(&b.input_ids, None)? / self.config.temperature)?.detach(); // (B, T, V)
             out.extend(per_rollout(&token_logps(&logits, &b.targets)?, chunk)?);
         }
         Ok(out)
@@ -204,7 +225,7 @@ impl GrpoSource {
 impl BatchSource<RolloutBatch> for GrpoSource {
     fn next_batch(&mut self) -> Result<Option<RolloutBatch>> {
         let version = self.draws / self.accumulation;
-        let first_of_step = self.draws % self.accumulation == 0;
+        let first_of_step = self.draws.is_multiple_of(self.accumulation);
         if first_of_step {
             self.publish(version)?;
         }
@@ -224,7 +245,11 @@ impl BatchSource<RolloutBatch> for GrpoSource {
         )?;
         if first_of_step {
             let mut m = pending.metrics.take().unwrap_or_default();
-            m.add("staleness", version.saturating_sub(pending.version) as f64, 1.0);
+            m.add(
+                "staleness",
+                version.saturating_sub(pending.version) as f64,
+                1.0,
+            );
             let (dropped, _) = self.dropped();
             m.add("staleness/dropped_batches", dropped as f64, 1.0);
             batch.step_metrics = Some(m);
@@ -252,12 +277,16 @@ impl BatchSource<RolloutBatch> for GrpoSource {
     fn restore(&mut self, cursor: &serde_json::Value) -> Result<()> {
         let bad = |key: &str| Error::Invalid(format!("grpo data cursor: missing or bad `{key}`"));
         self.draws = cursor["draws"].as_u64().ok_or_else(|| bad("draws"))?;
-        self.next_index = cursor["next_index"].as_u64().ok_or_else(|| bad("next_index"))?;
-        self.pending = serde_json::from_value(cursor["pending"].clone()).map_err(|_| bad("pending"))?;
+        self.next_index = cursor["next_index"]
+            .as_u64()
+            .ok_or_else(|| bad("next_index"))?;
+        self.pending =
+            serde_json::from_value(cursor["pending"].clone()).map_err(|_| bad("pending"))?;
         if let Mode::Async { service, .. } = &self.mode {
             if service.is_some() {
                 return Err(Error::Invalid(
-                    "grpo: cannot restore a data position once the rollout service has started".into(),
+                    "grpo: cannot restore a data position once the rollout service has started"
+                        .into(),
                 ));
             }
         }

@@ -113,7 +113,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn loss(model: &Model, ids: &Tensor, reference_ops: bool) -> anyhow::Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let h = model.config().hidden_size;
-    let labels = ids.narrow(1, 1, t - 1)?.flatten_all()?.to_dtype(DType::I64)?; // (B·(T−1),)
+    let labels = ids
+        .narrow(1, 1, t - 1)?
+        .flatten_all()?
+        .to_dtype(DType::I64)?; // (B·(T−1),)
     let hidden = model.forward_hidden(ids, None)?; // (B, T, H)
     let hidden = hidden.narrow(1, 0, t - 1)?.reshape((b * (t - 1), h))?; // (B·(T−1), H)
     let (sum, count, _) = if reference_ops {
@@ -131,7 +134,10 @@ fn train_step(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value>
     }
     let ids = workload_tokens(a.batch, a.seq, model.config().vocab_size, a.seed);
     let ids = Tensor::from_vec(ids, (a.batch, a.seq), model.device())?;
-    let cfg = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
+    let cfg = AdamWConfig {
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    };
     let mut opt = AdamW::new(model.vars(), cfg)?;
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     for _ in 0..a.steps {
@@ -152,7 +158,11 @@ fn train_step(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value>
         times.push(t0.elapsed().as_secs_f64());
         losses.push(l.to_scalar::<f32>()? as f64);
     }
-    let steady = if times.len() > 1 { times[1..].to_vec() } else { times.clone() };
+    let steady = if times.len() > 1 {
+        times[1..].to_vec()
+    } else {
+        times.clone()
+    };
     let med = median(steady);
     Ok(serde_json::json!({
         "workload": "train-step", "impl": "smelt", "dtype": a.dtype,

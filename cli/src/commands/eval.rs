@@ -12,7 +12,9 @@ use candle_core::Device;
 use smelt::checkpoint::{self, LoadOptions};
 use smelt_evals::builtin::resolve_tasks;
 use smelt_evals::gate::{compare, parse_max_drop, GateConfig};
-use smelt_evals::results::{markdown_table, read_results, results_json, write_results, write_samples};
+use smelt_evals::results::{
+    markdown_table, read_results, results_json, write_results, write_samples,
+};
 use smelt_evals::{run_task, EvalOptions};
 use std::path::PathBuf;
 
@@ -68,7 +70,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         require_tokenizer: true,
         ..Default::default()
     };
-    let loaded = checkpoint::load(&args.model, &Device::Cpu, &opts).with_context(|| format!("loading {}", args.model))?;
+    let loaded = checkpoint::load(&args.model, &Device::Cpu, &opts)
+        .with_context(|| format!("loading {}", args.model))?;
     let Some(tokenizer) = loaded.tokenizer else {
         bail!("{}: no tokenizer found", args.model)
     };
@@ -82,10 +85,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let t0 = std::time::Instant::now();
         let mut progress = |name: &str, done: usize, total: usize| {
             if done == total || done % 10 == 0 {
-                eprintln!("[eval] {name}: {done}/{total} ({:.1}s)", t0.elapsed().as_secs_f64());
+                eprintln!(
+                    "[eval] {name}: {done}/{total} ({:.1}s)",
+                    t0.elapsed().as_secs_f64()
+                );
             }
         };
-        outputs.push(run_task(&loaded.model, &tokenizer, task, &eval_opts, &mut progress)?);
+        outputs.push(run_task(
+            &loaded.model,
+            &tokenizer,
+            task,
+            &eval_opts,
+            &mut progress,
+        )?);
     }
     let results = results_json(&tasks, &outputs, &args.model, args.limit);
     println!("{}", markdown_table(&tasks, &outputs));
@@ -107,10 +119,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         eprintln!("[eval] baseline written: {}", path.display());
     }
     if let Some(baseline) = baseline {
-        let report = compare(&baseline, &results, &GateConfig { alpha: args.alpha, max_drop })?;
+        let report = compare(
+            &baseline,
+            &results,
+            &GateConfig {
+                alpha: args.alpha,
+                max_drop,
+            },
+        )?;
         println!("{}", report.table());
         if report.regressed() {
-            eprintln!("[eval] gate: REGRESSION against {}", args.gate.as_ref().unwrap().display());
+            eprintln!(
+                "[eval] gate: REGRESSION against {}",
+                args.gate.as_ref().unwrap().display()
+            );
             std::process::exit(1);
         }
         eprintln!("[eval] gate: ok");

@@ -2,8 +2,9 @@
 
 pub mod bench;
 pub mod convert;
-pub mod eval;
 pub mod dpo;
+pub mod eval;
 pub mod generate;
+pub mod grpo;
 pub mod pretrain;
 pub mod sft;

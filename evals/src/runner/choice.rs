@@ -33,7 +33,11 @@ pub fn run(
     for i in 0..n {
         let ctx = context(task, docs, i, tokenizer)?;
         for choice in &docs[i].choices {
-            requests.push(encode_pair(tokenizer, &ctx, &format!("{}{choice}", task.spec.target_delimiter))?);
+            requests.push(encode_pair(
+                tokenizer,
+                &ctx,
+                &format!("{}{choice}", task.spec.target_delimiter),
+            )?);
         }
         contexts.push(ctx);
     }
@@ -47,7 +51,10 @@ pub fn run(
         let k = doc.choices.len();
         let lls: Vec<f64> = scored[at..at + k].iter().map(|s| s.logprob).collect();
         let greedy: Vec<bool> = scored[at..at + k].iter().map(|s| s.greedy).collect();
-        let tokens: Vec<usize> = requests[at..at + k].iter().map(|r| r.continuation.len()).collect();
+        let tokens: Vec<usize> = requests[at..at + k]
+            .iter()
+            .map(|r| r.continuation.len())
+            .collect();
         at += k;
         let chars: Vec<usize> = doc.choices.iter().map(|c| c.chars().count()).collect();
         let s = choice_scores(&lls, &chars, &tokens, doc.gold);

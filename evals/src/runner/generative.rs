@@ -35,7 +35,13 @@ pub fn extract(chain: &[Regex], completion: &str) -> String {
 }
 
 /// Generates `spec.samples` completions for doc `i`.
-fn completions(model: &Model, tokenizer: &Tokenizer, task: &Task, docs: &[Doc], i: usize) -> Result<(String, Vec<String>)> {
+fn completions(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    task: &Task,
+    docs: &[Doc],
+    i: usize,
+) -> Result<(String, Vec<String>)> {
     let s = &task.spec;
     let ctx = context(task, docs, i, tokenizer)?;
     let prompt = tokenizer.encode(&ctx, false)?;
@@ -99,7 +105,10 @@ pub fn run_generate(
 
 /// The program run for a completion: prompt + completion, the tests, and `check(entry_point)`.
 pub fn program(doc: &Doc, completion: &str) -> String {
-    format!("{}{}\n\n{}\n\ncheck({})\n", doc.input, completion, doc.test, doc.entry_point)
+    format!(
+        "{}{}\n\n{}\n\ncheck({})\n",
+        doc.input, completion, doc.test, doc.entry_point
+    )
 }
 
 /// Runs a `code` task over docs `0..n`.
@@ -156,7 +165,6 @@ pub fn run_code(
         .collect();
     Ok((metrics, samples))
 }
-
 
 /// The last `n` bytes of `s` (on a char boundary).
 fn tail(s: &str, n: usize) -> String {

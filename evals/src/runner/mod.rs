@@ -90,10 +90,27 @@ pub fn run_task(
         .or(task.spec.max_length)
         .unwrap_or(model.config().max_position_embeddings.min(2048));
     let (metrics, samples) = match task.spec.kind {
-        TaskKind::MultipleChoice => choice::run(model, tokenizer, task, &docs, n, max_length, opts.token_budget, progress)?,
+        TaskKind::MultipleChoice => choice::run(
+            model,
+            tokenizer,
+            task,
+            &docs,
+            n,
+            max_length,
+            opts.token_budget,
+            progress,
+        )?,
         TaskKind::Generate => generative::run_generate(model, tokenizer, task, &docs, n, progress)?,
         TaskKind::Code => generative::run_code(model, tokenizer, task, &docs, n, progress)?,
-        TaskKind::Perplexity => perplexity::run(model, tokenizer, task, &docs[..n], max_length, opts.token_budget, progress)?,
+        TaskKind::Perplexity => perplexity::run(
+            model,
+            tokenizer,
+            task,
+            &docs[..n],
+            max_length,
+            opts.token_budget,
+            progress,
+        )?,
     };
     Ok(TaskOutput {
         task: task.name.clone(),

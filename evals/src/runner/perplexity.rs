@@ -65,7 +65,10 @@ pub fn run(
         lls[i] += s.logprob;
     }
     let bytes: Vec<usize> = docs.iter().map(|d| d.text.len()).collect();
-    let words: Vec<usize> = docs.iter().map(|d| d.text.split_whitespace().count()).collect();
+    let words: Vec<usize> = docs
+        .iter()
+        .map(|d| d.text.split_whitespace().count())
+        .collect();
     let total_ll: f64 = lls.iter().sum();
     let ln2 = std::f64::consts::LN_2;
     let bits: Vec<f64> = lls.iter().map(|ll| -ll / ln2).collect();
@@ -78,7 +81,10 @@ pub fn run(
             rec.insert("loglikelihood".into(), lls[i].into());
             rec.insert("bytes".into(), bytes[i].into());
             rec.insert("words".into(), words[i].into());
-            rec.insert("bits_per_byte".into(), bits_per_byte(lls[i], bytes[i]).into());
+            rec.insert(
+                "bits_per_byte".into(),
+                bits_per_byte(lls[i], bytes[i]).into(),
+            );
             Value::Object(rec)
         })
         .collect();
@@ -95,8 +101,16 @@ pub fn run(
             bits_per_byte(total_ll, bytes.iter().sum()),
             Some(ratio_stderr(&bits, &bytes_f)),
         ),
-        lower("byte_perplexity", perplexity(total_ll, bytes.iter().sum()), None),
-        lower("word_perplexity", perplexity(total_ll, words.iter().sum()), None),
+        lower(
+            "byte_perplexity",
+            perplexity(total_ll, bytes.iter().sum()),
+            None,
+        ),
+        lower(
+            "word_perplexity",
+            perplexity(total_ll, words.iter().sum()),
+            None,
+        ),
     ];
     Ok((metrics, samples))
 }

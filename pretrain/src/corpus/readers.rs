@@ -487,8 +487,19 @@ impl Iterator for ParquetDocs {
         if self.failed {
             return None;
         }
-        let row = self.rows.next()?;
         let location = self.location(self.next_row);
+        // The `parquet` record reader panics on some corrupt pages; report the row
+        // instead and stop, since the reader's state after a panic is unknown.
+        let row = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.rows.next()))
+        {
+            Ok(row) => row?,
+            Err(_) => {
+                self.failed = true;
+                return Some(Err(Error::Invalid(format!(
+                    "{location}: cannot decode row: corrupt Parquet data"
+                ))));
+            }
+        };
         self.next_row += 1;
         let doc = row
             .map_err(|e| Error::Invalid(format!("{location}: {e}")))

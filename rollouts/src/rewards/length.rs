@@ -79,9 +79,7 @@ impl LengthPenalty {
                     (free as f32 - len as f32) / cache_len as f32
                 }
             }
-            LengthShape::Linear { max_len } => {
-                -(len.min(max_len) as f32) / max_len.max(1) as f32
-            }
+            LengthShape::Linear { max_len } => -(len.min(max_len) as f32) / max_len.max(1) as f32,
         }
     }
 }

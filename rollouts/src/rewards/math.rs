@@ -73,7 +73,10 @@ pub fn extract_answer(text: &str) -> Option<String> {
             return Some(m.as_str().to_string());
         }
     }
-    NUMBER.find_iter(text).last().map(|m| m.as_str().to_string())
+    NUMBER
+        .find_iter(text)
+        .last()
+        .map(|m| m.as_str().to_string())
 }
 
 /// Content of the last `\boxed{...}`, with nested braces balanced.
@@ -103,7 +106,12 @@ pub fn parse_number(answer: &str) -> Option<f64> {
         .filter(|c| !c.is_whitespace() && *c != '$')
         .collect();
     let s = s.trim_end_matches('.');
-    let plain = |t: &str| t.replace(',', "").parse::<f64>().ok().filter(|v| v.is_finite());
+    let plain = |t: &str| {
+        t.replace(',', "")
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+    };
     if let Some(v) = plain(s) {
         return Some(v);
     }

@@ -42,7 +42,11 @@ impl Row {
             finish = Some(FinishReason::Stop);
         } else if !p.stop_strings.is_empty() {
             let full = sampler.tokenizer.decode(&self.generated, true)?;
-            let cut = p.stop_strings.iter().filter_map(|s| full.find(s.as_str())).min();
+            let cut = p
+                .stop_strings
+                .iter()
+                .filter_map(|s| full.find(s.as_str()))
+                .min();
             if let Some(at) = cut {
                 text = Some(full[..at].to_string());
                 finish = Some(FinishReason::Stop);
@@ -88,7 +92,10 @@ pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Compl
             let mut own = KvCache::new(num_layers);
             let input = Tensor::new(request.prompt_ids.as_slice(), device)?.unsqueeze(0)?; // (1, T)
             let logits = model.decode(&input, &mut own)?; // (1, T, V)
-            let last: Vec<f32> = logits.squeeze(0)?.get(request.prompt_ids.len() - 1)?.to_vec1()?;
+            let last: Vec<f32> = logits
+                .squeeze(0)?
+                .get(request.prompt_ids.len() - 1)?
+                .to_vec1()?;
             let mut row = Row {
                 index,
                 rng: StdRng::seed_from_u64(request_seed(request.params.seed, request.id)),
@@ -118,7 +125,10 @@ pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Compl
         };
 
         // One decode step for every live row.
-        let inputs: Vec<u32> = rows.iter().map(|r| *r.history.last().unwrap_or(&0)).collect();
+        let inputs: Vec<u32> = rows
+            .iter()
+            .map(|r| *r.history.last().unwrap_or(&0))
+            .collect();
         let pads: Vec<usize> = rows.iter().map(|r| c.len() - r.len).collect();
         let input = Tensor::new(inputs.as_slice(), device)?.unsqueeze(1)?; // (B, 1)
         let logits = model.decode_left_padded(&input, &pads, c)?; // (B, 1, V)

@@ -94,7 +94,11 @@ impl SamplingParams {
             return bad("min_p", "in [0, 1]", self.min_p.to_string());
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad("repetition_penalty", "> 0", self.repetition_penalty.to_string());
+            return bad(
+                "repetition_penalty",
+                "> 0",
+                self.repetition_penalty.to_string(),
+            );
         }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens", ">= 1", "0".into());

@@ -100,7 +100,12 @@ fn normalise(probs: &mut [(u32, f64)]) {
 
 /// Draws the next token from one row's logits `(V,)`; `history` is the prompt and
 /// the tokens generated so far (for the repetition penalty).
-pub fn choose(logits: &[f32], history: &[u32], params: &SamplingParams, rng: &mut StdRng) -> Choice {
+pub fn choose(
+    logits: &[f32],
+    history: &[u32],
+    params: &SamplingParams,
+    rng: &mut StdRng,
+) -> Choice {
     let mut processed: Vec<f64> = logits.iter().map(|&l| l as f64).collect();
     apply_repetition_penalty(&mut processed, history, params.repetition_penalty);
     if params.temperature == 0.0 {
@@ -152,13 +157,31 @@ mod tests {
     fn filters_keep_the_right_tokens() {
         // probs = 0.5, 0.3, 0.15, 0.05 at T = 1
         let logits: Vec<f64> = [0.5f64, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-        let k2 = filtered_distribution(&logits, &SamplingParams { top_k: 2, ..params() });
+        let k2 = filtered_distribution(
+            &logits,
+            &SamplingParams {
+                top_k: 2,
+                ..params()
+            },
+        );
         assert_eq!(k2.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((k2[0].1 - 0.625).abs() < 1e-12); // 0.5 / 0.8
-        let p = filtered_distribution(&logits, &SamplingParams { top_p: 0.75, ..params() });
+        let p = filtered_distribution(
+            &logits,
+            &SamplingParams {
+                top_p: 0.75,
+                ..params()
+            },
+        );
         assert_eq!(p.len(), 2); // 0.5 + 0.3 reaches 0.75, 0.5 does not
-        // min_p 0.3: keep p >= 0.15 (0.3 * 0.5)
-        let m = filtered_distribution(&logits, &SamplingParams { min_p: 0.3, ..params() });
+                                // min_p 0.3: keep p >= 0.15 (0.3 * 0.5)
+        let m = filtered_distribution(
+            &logits,
+            &SamplingParams {
+                min_p: 0.3,
+                ..params()
+            },
+        );
         assert_eq!(m.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1, 2]);
         assert!((m[2].1 - 0.15 / 0.95).abs() < 1e-12);
     }
@@ -174,7 +197,11 @@ mod tests {
     fn behaviour_logprob_ignores_filters() {
         use rand::SeedableRng;
         let logits = [0.0f32, 1.0, 2.0, 3.0];
-        let p = SamplingParams { top_k: 1, temperature: 0.5, ..params() };
+        let p = SamplingParams {
+            top_k: 1,
+            temperature: 0.5,
+            ..params()
+        };
         let c = choose(&logits, &[], &p, &mut StdRng::seed_from_u64(0));
         assert_eq!(c.token, 3);
         assert_eq!(c.processed_logprob, 0.0); // the only token kept

@@ -60,7 +60,9 @@ impl ArithmeticTask {
     /// Checks the difficulty settings; the error names the field.
     pub fn validate(&self) -> Result<()> {
         if self.max_operand == 0 {
-            return Err(Error::Invalid("arithmetic task: `max_operand` must be >= 1".into()));
+            return Err(Error::Invalid(
+                "arithmetic task: `max_operand` must be >= 1".into(),
+            ));
         }
         if self.num_operations == 0 {
             return Err(Error::Invalid(
