@@ -34,6 +34,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Benchmark a workload of `shared/bench` (train-step, generate) and print its JSON line.
     Bench(commands::bench::BenchArgs),
+    /// Run a multi-stage pipeline recipe (pretrain → SFT → DPO → GRPO with evals and a gate after each).
+    Pipeline(commands::pipeline::PipelineArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Convert(args) => commands::convert::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Pipeline(args) => commands::pipeline::run(args),
     }
 }

@@ -228,7 +228,7 @@ fn capped_read(mut r: impl Read, cap: usize) -> String {
 /// `python` as given if it is a path, else its location on the parent's `PATH` (the
 /// child's environment is empty, so it cannot search one). As root the child runs as
 /// `nobody`, so only interpreters that `nobody` can reach (every ancestor directory
-/// world-searchable, e.g. not a shim under `/root`) qualify.
+/// world-searchable, e.g. not a shim in root's home) qualify.
 fn resolve_python(python: &str) -> std::path::PathBuf {
     if python.contains('/') {
         return python.into();

@@ -6,5 +6,6 @@ pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod grpo;
+pub mod pipeline;
 pub mod pretrain;
 pub mod sft;

@@ -1,0 +1,233 @@
+//! The embedded pipeline end to end on a shrunken recipe (the shipped
+//! `examples/recipes/smollm3-tiny.toml` with `--set` overrides), and the errors a bad
+//! recipe must raise before anything trains.
+
+use smelt_recipes::{run_pipeline, PipelineRecipe};
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn example() -> PathBuf {
+    repo().join("examples/recipes/smollm3-tiny.toml")
+}
+
+/// `--set` overrides that point every file at absolute paths and put the run in `dir`.
+fn base_overrides(dir: &Path, corpus: &Path) -> Vec<String> {
+    let valid = repo().join("assets/corpus/shakespeare-valid.jsonl");
+    let valid = valid.to_string_lossy();
+    vec![
+        format!("run_dir=\"{}\"", dir.join("run").display()),
+        format!("evals.bpb_file=\"{valid}\""),
+        format!(
+            "pretrain.corpus.inputs=[{{ path = \"{}\" }}]",
+            corpus.display()
+        ),
+        format!("pretrain.corpus.decontamination={{ eval_sets = [{{ path = \"{valid}\" }}] }}"),
+        format!("pretrain.data.validation=[{{ path = \"{valid}\" }}]"),
+    ]
+}
+
+/// The first `n` Shakespeare documents as a small corpus.
+fn small_corpus(dir: &Path, n: usize) -> PathBuf {
+    let text =
+        std::fs::read_to_string(repo().join("assets/corpus/shakespeare-train.jsonl")).unwrap();
+    let path = dir.join("corpus.jsonl");
+    let lines: Vec<&str> = text.lines().take(n).collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// Pretrain → SFT → DPO → GRPO with a few steps each: bits per byte falls below the
+/// random initialisation's, arithmetic exact match does not fall through SFT, every
+/// stage leaves `done.json`, a plot folder and a summary row; a rerun trains nothing.
+#[test]
+fn shrunken_pipeline_improves_and_rerun_skips_finished_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(dir.path(), 12);
+    let mut set = base_overrides(dir.path(), &corpus);
+    set.extend(
+        [
+            "arithmetic.pretrain_rows=600",
+            "arithmetic.sft_rows=600",
+            "arithmetic.dpo_rows=64",
+            "arithmetic.grpo_rows=16",
+            "arithmetic.eval_rows=40",
+            "evals.bpb_docs=1",
+            "evals.bpb_max_length=128",
+            "evals.gate=\"warn\"",
+            "pretrain.tokenizer.train={ vocab_size = 512, eos_token = \"<|endoftext|>\" }",
+            "pretrain.model.hidden_size=64",
+            "pretrain.model.intermediate_size=192",
+            "pretrain.model.num_hidden_layers=2",
+            "pretrain.data.seq_len=64",
+            "pretrain.data.validation_batches=1",
+            "pretrain.train.max_steps=60",
+            "pretrain.train.save_every=30",
+            "pretrain.train.eval_every=60",
+            "pretrain.train.schedule={ kind = \"wsd\", warmup_steps = 5, decay_fraction = 0.2, decay = \"1-sqrt\" }",
+            "sft.train.max_steps=40",
+            "sft.train.save_every=20",
+            "dpo.data.per_device_train_batch_size=8",
+            "dpo.train.max_steps=4",
+            "dpo.train.save_every=4",
+            "grpo.grpo.num_generations=4",
+            "grpo.grpo.per_device_train_batch_size=8",
+            "grpo.train.max_steps=2",
+            "grpo.train.save_every=2",
+        ]
+        .map(String::from),
+    );
+    let recipe = PipelineRecipe::load(&example(), &set).unwrap();
+    let summary = run_pipeline(&recipe).unwrap();
+    let stages: Vec<&str> = summary.rows.iter().map(|r| r.stage.as_str()).collect();
+    assert_eq!(stages, ["init", "pretrain", "sft", "dpo", "grpo"]);
+
+    let bpb = |s| summary.value(s, "bpb/bits_per_byte").unwrap();
+    let em = |s| summary.value(s, "arithmetic/exact_match").unwrap();
+    assert!(
+        bpb("pretrain") < bpb("init") - 0.5,
+        "bpb {} -> {}",
+        bpb("init"),
+        bpb("pretrain")
+    );
+    assert!(
+        em("sft") >= em("pretrain"),
+        "exact match {} -> {}",
+        em("pretrain"),
+        em("sft")
+    );
+    for s in ["pretrain", "sft", "dpo", "grpo"] {
+        let stage = recipe.run_dir.join(s);
+        assert!(stage.join("done.json").is_file(), "{s}: no done.json");
+        assert!(
+            stage.join("latest/model.safetensors").is_file(),
+            "{s}: no checkpoint"
+        );
+        assert!(stage.join("plots").is_dir(), "{s}: no plots");
+        let row = summary.rows.iter().find(|r| r.stage == s).unwrap();
+        assert_eq!(row.gate.len(), 3, "{s}: every headline metric is compared");
+        assert_eq!(
+            row.gate.iter().filter(|g| g.gated).count(),
+            1,
+            "{s}: one gated metric"
+        );
+    }
+    let md = std::fs::read_to_string(recipe.run_dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("|pretrain|60|") && md.contains("bpb/bits_per_byte"),
+        "{md}"
+    );
+
+    // A rerun of the same command skips every finished stage: same rows, no new checkpoints.
+    let checkpoints = |s: &str| std::fs::read_dir(recipe.run_dir.join(s)).unwrap().count();
+    let before: Vec<usize> = ["pretrain", "sft", "dpo", "grpo"].map(checkpoints).to_vec();
+    let again = run_pipeline(&PipelineRecipe::load(&example(), &set).unwrap()).unwrap();
+    assert_eq!(again.rows.len(), summary.rows.len());
+    for (a, b) in again.rows.iter().zip(&summary.rows) {
+        assert_eq!(
+            (&a.stage, a.steps, a.metrics.len()),
+            (&b.stage, b.steps, b.metrics.len())
+        );
+        for (k, v) in &b.metrics {
+            assert!(
+                (a.metrics[k] - v).abs() < 1e-9,
+                "{}: {k} {} vs {v}",
+                a.stage,
+                a.metrics[k]
+            );
+        }
+    }
+    assert_eq!(
+        ["pretrain", "sft", "dpo", "grpo"].map(checkpoints).to_vec(),
+        before
+    );
+    assert!(
+        again.wall_s < 30.0,
+        "a rerun should skip every stage: {} s",
+        again.wall_s
+    );
+
+    // A pipeline that starts after pretraining evaluates its input model as `base`.
+    let sft = recipe.run_dir.join("sft/latest");
+    set.push(format!(
+        "run_dir=\"{}\"",
+        dir.path().join("dpo-only").display()
+    ));
+    set.push("stages=[\"dpo\"]".into());
+    set.push(format!("dpo.model=\"{}\"", sft.display()));
+    let dpo_only = run_pipeline(&PipelineRecipe::load(&example(), &set).unwrap()).unwrap();
+    let stages: Vec<&str> = dpo_only.rows.iter().map(|r| r.stage.as_str()).collect();
+    assert_eq!(stages, ["base", "dpo"]);
+    for (k, v) in &summary.rows[2].metrics {
+        assert!(
+            (dpo_only.rows[0].metrics[k] - v).abs() < 1e-6,
+            "base = the sft checkpoint: {k}"
+        );
+    }
+}
+
+/// A first stage other than pretraining needs an explicit `model`.
+#[test]
+fn first_post_training_stage_needs_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(dir.path(), 1);
+    let mut set = base_overrides(dir.path(), &corpus);
+    set.push("stages=[\"sft\", \"dpo\"]".into());
+    let e = PipelineRecipe::load(&example(), &set)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[sft] `model` is required"), "{e}");
+}
+
+/// An unknown stage name is an error that names it, before anything is written.
+#[test]
+fn unknown_stage_is_an_error_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(dir.path(), 1);
+    let mut set = base_overrides(dir.path(), &corpus);
+    set.push("stages=[\"pretrain\", \"distill\"]".into());
+    let e = PipelineRecipe::load(&example(), &set)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("distill") && e.contains("smollm3-tiny.toml"),
+        "{e}"
+    );
+    assert!(!dir.path().join("run").exists());
+}
+
+/// A recipe naming a missing file fails at load, naming the key and the file.
+#[test]
+fn missing_file_is_an_error_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("no-such-corpus.jsonl");
+    let e = PipelineRecipe::load(&example(), &base_overrides(dir.path(), &corpus))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pretrain.corpus.inputs[0].path") && e.contains("no-such-corpus.jsonl"),
+        "{e}"
+    );
+    assert!(!dir.path().join("run").exists());
+}
+
+/// A typo inside a later stage's section fails at load (not after pretraining), naming the key.
+#[test]
+fn typo_in_a_stage_section_is_an_error_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(dir.path(), 1);
+    let mut set = base_overrides(dir.path(), &corpus);
+    set.push("grpo.grpo.num_generationz=4".into());
+    let e = PipelineRecipe::load(&example(), &set)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[grpo]") && e.contains("num_generationz"), "{e}");
+    let mut set = base_overrides(dir.path(), &corpus);
+    set.push("stages=[\"sft\", \"pretrain\"]".into());
+    let e = PipelineRecipe::load(&example(), &set)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("order"), "{e}");
+}
