@@ -29,6 +29,10 @@ pub enum Workload {
     TrainStep,
     /// Batched greedy generation with a KV cache, no early stop.
     Generate,
+    /// `reference.py trl-sft`'s workload through `smelt sft` (TRL settings).
+    Sft,
+    /// `reference.py trl-dpo`'s workload through `smelt dpo` (TRL settings).
+    Dpo,
 }
 
 /// Arguments of `smelt bench`.
@@ -87,6 +91,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.dtype != "f32" {
         bail!("--dtype {}: only f32 is implemented", args.dtype);
     }
+    if matches!(args.workload, Workload::Sft | Workload::Dpo) {
+        let json = super::bench_posttrain::run(&args, args.workload == Workload::Dpo)?;
+        println!("{json}");
+        return Ok(());
+    }
     let dev = Device::Cpu;
     let model = checkpoint::load_gguf(&args.gguf, &dev, false)
         .with_context(|| format!("loading {}", args.gguf.display()))?
@@ -94,6 +103,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let json = match args.workload {
         Workload::TrainStep => train_step(&model, &args)?,
         Workload::Generate => generate(&model, &args)?,
+        Workload::Sft | Workload::Dpo => unreachable!("handled above"),
     };
     println!("{json}");
     Ok(())

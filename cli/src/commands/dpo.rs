@@ -6,31 +6,15 @@
 
 use anyhow::Context;
 use smelt_algorithms::recipes::{run_dpo, DpoRecipe};
-use std::path::PathBuf;
 
-/// Arguments of `smelt dpo`.
-#[derive(clap::Args, Debug)]
-pub struct DpoArgs {
-    /// The recipe (TOML).
-    #[arg(long)]
-    pub config: PathBuf,
-    /// Override a recipe value: `--set dpo.beta=0.05` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
-}
+/// Arguments of `smelt dpo`: the recipe and its overrides.
+pub type DpoArgs = super::RecipeArgs;
 
 /// Loads the recipe and runs it; prints a JSON summary as the last line.
 pub fn run(args: DpoArgs) -> anyhow::Result<()> {
     let recipe = DpoRecipe::load(&args.config, &args.overrides)
         .with_context(|| format!("reading recipe {}", args.config.display()))?;
     let summary = run_dpo(&recipe).context("DPO training")?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "step": summary.step, "finished": summary.finished, "last_loss": summary.last_loss,
-            "rollbacks": summary.rollbacks, "checkpoint": summary.checkpoint,
-            "metrics": summary.metrics_path, "plots": summary.plots,
-        })
-    );
+    super::print_summary(&summary);
     Ok(())
 }
