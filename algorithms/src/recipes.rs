@@ -10,6 +10,10 @@
 //! max_length = 1024
 //! [train]                                         # smelt::train::TrainConfig
 //! max_steps = 1000
+//! eval_every = 100                                # period of the [eval] tasks
+//! [eval]                                          # optional: tasks run during training
+//! tasks = ["arithmetic"]                          # as `smelt eval --tasks`
+//! limit = 50                                      # first N docs of each task
 //! ```
 //!
 //! Key decision: the `[train]` table of a post-training recipe starts from **TRL's**
@@ -85,6 +89,51 @@ pub struct SftRecipe {
     /// The loop's settings, over TRL's defaults (learning rate 2e-5; output `runs/sft`).
     #[serde(default = "sft_train", deserialize_with = "sft_train_over_defaults")]
     pub train: TrainConfig,
+    /// Eval tasks run every `train.eval_every` steps and at the end (none by default).
+    #[serde(default)]
+    pub eval: Option<EvalSection>,
+}
+
+/// The `[eval]` table: tasks the loop runs every `train.eval_every` steps (and at the
+/// last step), logged as `eval_<task>/<metric>` in `metrics.jsonl`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Built-in task names, spec files `x.toml` or `x.toml:name` (as `smelt eval --tasks`).
+    pub tasks: Vec<String>,
+    /// Evaluate only the first N docs of each task (default: all).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl EvalSection {
+    /// Checks the table; errors name the file and key.
+    pub fn validate(&self, origin: &Path) -> Result<()> {
+        if self.tasks.is_empty() {
+            return Err(Error::config(
+                origin,
+                "`eval.tasks` is empty: list at least one task",
+            ));
+        }
+        if self.limit == Some(0) {
+            return Err(Error::config(origin, "`eval.limit` must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Sets `trainer`'s eval hook from an optional `[eval]` table (`tokenizer` is cloned into it).
+fn attach_evaluator<A: smelt::train::Algorithm>(
+    trainer: &mut Trainer<A>,
+    eval: Option<&EvalSection>,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    if let Some(eval) = eval {
+        let hook = smelt_evals::hook::evaluator(&eval.tasks, tokenizer, eval.limit)
+            .map_err(|e| Error::Invalid(format!("[eval]: {e}")))?;
+        trainer.set_evaluator(hook);
+    }
+    Ok(())
 }
 
 /// Preference files, how rows become records, and how pairs are batched.
@@ -129,6 +178,9 @@ pub struct DpoRecipe {
     /// The loop's settings, over TRL's defaults (learning rate 1e-6; output `runs/dpo`).
     #[serde(default = "dpo_train", deserialize_with = "dpo_train_over_defaults")]
     pub train: TrainConfig,
+    /// Eval tasks run every `train.eval_every` steps and at the end (none by default).
+    #[serde(default)]
+    pub eval: Option<EvalSection>,
 }
 
 /// `[train]` of an SFT recipe that has none.
@@ -201,6 +253,9 @@ impl SftRecipe {
             ));
         }
         self.sft.validate()?;
+        if let Some(eval) = &self.eval {
+            eval.validate(origin)?;
+        }
         self.train.validate()
     }
 
@@ -238,6 +293,9 @@ impl DpoRecipe {
             ));
         }
         self.dpo.validate()?;
+        if let Some(eval) = &self.eval {
+            eval.validate(origin)?;
+        }
         self.train.validate()
     }
 
@@ -290,7 +348,13 @@ pub fn run_sft(recipe: &SftRecipe) -> Result<TrainSummary> {
         recipe.data.train_files.len()
     );
     let mut source = SftBatches::new(examples, &recipe.sft, pad_token_id(&tokenizer)?, &device)?;
-    let mut trainer = Trainer::new(model, Some(tokenizer), Sft::new(), recipe.train.clone())?;
+    let mut trainer = Trainer::new(
+        model,
+        Some(tokenizer.clone()),
+        Sft::new(),
+        recipe.train.clone(),
+    )?;
+    attach_evaluator(&mut trainer, recipe.eval.as_ref(), &tokenizer)?;
     trainer.fit(&mut source)
 }
 
@@ -328,7 +392,13 @@ pub fn run_dpo(recipe: &DpoRecipe) -> Result<TrainSummary> {
         (false, None) => Reference::frozen_copy(&policy)?,
     };
     let algorithm = Dpo::new(recipe.dpo.clone(), reference)?;
-    let mut trainer = Trainer::new(policy, Some(tokenizer), algorithm, recipe.train.clone())?;
+    let mut trainer = Trainer::new(
+        policy,
+        Some(tokenizer.clone()),
+        algorithm,
+        recipe.train.clone(),
+    )?;
+    attach_evaluator(&mut trainer, recipe.eval.as_ref(), &tokenizer)?;
     let mut source = source;
     trainer.fit(&mut source)
 }
@@ -412,6 +482,33 @@ mod tests {
         let dpo = DpoRecipe::load(&dir.join("smollm2-135m-dpo-apo-zero.toml"), &[]).unwrap();
         assert_eq!(dpo.dpo.loss_type, vec![crate::dpo::DpoLossType::ApoZero]);
         assert_eq!(dpo.train.learning_rate, DPO_LEARNING_RATE);
+    }
+
+    /// `[eval]` parses into both recipes; an empty task list, `limit = 0` and a typo are
+    /// errors naming the key.
+    #[test]
+    fn eval_section_is_checked() {
+        let text = format!("{SFT}[eval]\ntasks = [\"arithmetic\"]\nlimit = 4\n");
+        let r: SftRecipe = parse_recipe(&text, Path::new("r.toml"), &[]).unwrap();
+        let eval = r.eval.clone().unwrap();
+        assert_eq!(
+            (eval.tasks, eval.limit),
+            (vec!["arithmetic".into()], Some(4))
+        );
+        let d: DpoRecipe = parse_recipe(&text, Path::new("r.toml"), &[]).unwrap();
+        assert_eq!(d.eval, r.eval);
+        for (over, key) in [
+            ("eval.tasks=[]", "eval.tasks"),
+            ("eval.limit=0", "eval.limit"),
+        ] {
+            let r: SftRecipe = parse_recipe(&text, Path::new("r.toml"), &[over.into()]).unwrap();
+            let e = r.validate(Path::new("r.toml")).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("r.toml"), "{e}");
+        }
+        let e = parse_recipe::<SftRecipe>(&format!("{text}limt = 3\n"), Path::new("r.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limt"), "{e}");
     }
 
     /// No training files is an error naming the key.

@@ -21,6 +21,7 @@ pub mod data;
 pub mod error;
 pub mod gate;
 pub mod generation;
+pub mod hook;
 pub mod metrics;
 pub mod prompt;
 pub mod results;

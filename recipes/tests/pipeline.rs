@@ -2,42 +2,10 @@
 //! `examples/recipes/smollm3-tiny.toml` with `--set` overrides), and the errors a bad
 //! recipe must raise before anything trains.
 
+mod common;
+
+use common::{base_overrides, example, small_corpus, SHRUNKEN};
 use smelt_recipes::{run_pipeline, PipelineRecipe};
-use std::path::{Path, PathBuf};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn example() -> PathBuf {
-    repo().join("examples/recipes/smollm3-tiny.toml")
-}
-
-/// `--set` overrides that point every file at absolute paths and put the run in `dir`.
-fn base_overrides(dir: &Path, corpus: &Path) -> Vec<String> {
-    let valid = repo().join("assets/corpus/shakespeare-valid.jsonl");
-    let valid = valid.to_string_lossy();
-    vec![
-        format!("run_dir=\"{}\"", dir.join("run").display()),
-        format!("evals.bpb_file=\"{valid}\""),
-        format!(
-            "pretrain.corpus.inputs=[{{ path = \"{}\" }}]",
-            corpus.display()
-        ),
-        format!("pretrain.corpus.decontamination={{ eval_sets = [{{ path = \"{valid}\" }}] }}"),
-        format!("pretrain.data.validation=[{{ path = \"{valid}\" }}]"),
-    ]
-}
-
-/// The first `n` Shakespeare documents as a small corpus.
-fn small_corpus(dir: &Path, n: usize) -> PathBuf {
-    let text =
-        std::fs::read_to_string(repo().join("assets/corpus/shakespeare-train.jsonl")).unwrap();
-    let path = dir.join("corpus.jsonl");
-    let lines: Vec<&str> = text.lines().take(n).collect();
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-    path
-}
 
 /// Pretrain → SFT → DPO → GRPO with a few steps each: bits per byte falls below the
 /// random initialisation's, arithmetic exact match does not fall through SFT, every
@@ -47,38 +15,7 @@ fn shrunken_pipeline_improves_and_rerun_skips_finished_stages() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = small_corpus(dir.path(), 12);
     let mut set = base_overrides(dir.path(), &corpus);
-    set.extend(
-        [
-            "arithmetic.pretrain_rows=600",
-            "arithmetic.sft_rows=600",
-            "arithmetic.dpo_rows=64",
-            "arithmetic.grpo_rows=16",
-            "arithmetic.eval_rows=40",
-            "evals.bpb_docs=1",
-            "evals.bpb_max_length=128",
-            "evals.gate=\"warn\"",
-            "pretrain.tokenizer.train={ vocab_size = 512, eos_token = \"<|endoftext|>\" }",
-            "pretrain.model.hidden_size=64",
-            "pretrain.model.intermediate_size=192",
-            "pretrain.model.num_hidden_layers=2",
-            "pretrain.data.seq_len=64",
-            "pretrain.data.validation_batches=1",
-            "pretrain.train.max_steps=60",
-            "pretrain.train.save_every=30",
-            "pretrain.train.eval_every=60",
-            "pretrain.train.schedule={ kind = \"wsd\", warmup_steps = 5, decay_fraction = 0.2, decay = \"1-sqrt\" }",
-            "sft.train.max_steps=40",
-            "sft.train.save_every=20",
-            "dpo.data.per_device_train_batch_size=8",
-            "dpo.train.max_steps=4",
-            "dpo.train.save_every=4",
-            "grpo.grpo.num_generations=4",
-            "grpo.grpo.per_device_train_batch_size=8",
-            "grpo.train.max_steps=2",
-            "grpo.train.save_every=2",
-        ]
-        .map(String::from),
-    );
+    set.extend(SHRUNKEN.map(String::from));
     let recipe = PipelineRecipe::load(&example(), &set).unwrap();
     let summary = run_pipeline(&recipe).unwrap();
     let stages: Vec<&str> = summary.rows.iter().map(|r| r.stage.as_str()).collect();

@@ -216,10 +216,8 @@ impl<A: Algorithm> Trainer<A> {
                     record[format!("eval_{k}")] = v.into();
                 }
             }
-            if last
-                || self.state.step % self.config.log_every == 0
-                || record.get("eval_loss").is_some()
-            {
+            let has_eval = record.as_object().is_some_and(|m| m.keys().any(|k| k.starts_with("eval_")));
+            if last || self.state.step % self.config.log_every == 0 || has_eval {
                 log.write(&record)?;
             }
             progress.update(self.state.step, result.loss, lr, tokens_per_s);

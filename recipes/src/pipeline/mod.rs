@@ -7,6 +7,7 @@
 //! training loop resumes from `latest` by itself. So "kill it and run the same
 //! command" is the whole resume story, with no pipeline-level state besides markers.
 
+pub mod compat;
 pub mod data;
 pub mod evals;
 pub mod recipe;

@@ -18,8 +18,11 @@
 //! to `<run_dir>/<stage>`, starts from the previous stage's `latest` checkpoint and
 //! trains on the generated files — and deserializes them into the stages' own recipe
 //! types. Every stage is planned, and every file the recipe names is checked, before
-//! any stage trains: a typo in `[grpo]` fails in a second, not after pretraining.
+//! any stage trains: a typo in `[grpo]` fails in a second, not after pretraining, and
+//! so does a stage whose model cannot use the previous stage's tokenizer
+//! ([`super::compat`] states the rule).
 
+use super::compat::{check_same, pretrain_tokenizer, ModelFact, TokenizerFact};
 use serde::{Deserialize, Serialize};
 use smelt::{Error, Result};
 use smelt_algorithms::grpo::GrpoRecipe;
@@ -244,6 +247,8 @@ impl PipelineRecipe {
         check_file(origin, "evals.bpb_file", &self.evals.bpb_file)?;
         let mut plans = Vec::new();
         let mut previous: Option<Stage> = None;
+        // The tokenizer the previous stage writes (see `compat` for the rule).
+        let mut produced = TokenizerFact::Unknown;
         for &s in &self.stages {
             let dir = self.stage_dir(s);
             let plan = match s {
@@ -272,6 +277,7 @@ impl PipelineRecipe {
                     )?;
                     let mut r: PretrainRecipe = from_table(t, origin, "pretrain")?;
                     r.resolve(origin)?;
+                    produced = pretrain_tokenizer(&r, origin)?;
                     StagePlan::Pretrain(Box::new(r))
                 }
                 Stage::Sft | Stage::Dpo | Stage::Grpo => {
@@ -301,6 +307,22 @@ impl PipelineRecipe {
                     });
                     let train = table_at(&mut t, "train", origin)?;
                     train.insert("output_dir".into(), path_value(&dir));
+                    if let Some(toml::Value::String(model)) = user.get("model") {
+                        let key = format!("{}.model", s.name());
+                        let m = ModelFact::read(model, origin, &key, true)?;
+                        if let Some(p) = previous {
+                            let from = format!("`{}`, the previous stage", p.name());
+                            check_same(&produced, &m.tokenizer, &from, origin, &key, model)?;
+                        }
+                        produced = m.tokenizer;
+                    }
+                    if let Some(toml::Value::String(reference)) = user.get("ref_model") {
+                        let key = format!("{}.ref_model", s.name());
+                        let m = ModelFact::read(reference, origin, &key, false)?;
+                        let from = format!("the policy `{}.model`", s.name());
+                        check_same(&produced, &m.tokenizer, &from, origin, &key, reference)?;
+                        m.check_fits(&produced, origin, &key, reference)?;
+                    }
                     match s {
                         Stage::Sft => {
                             let r: SftRecipe = from_table(t, origin, "sft")?;

@@ -1,0 +1,265 @@
+//! The crash campaign for post-training: kill `smelt sft` and `smelt grpo` with SIGKILL
+//! at random moments (seeded), rerun the same command each time, and require the result
+//! to equal an uninterrupted run: every logged loss bit-identical, final weights
+//! identical, and every checkpoint `latest` ever pointed at loads cleanly.
+//! `cli/tests/pretrain_crash_resume.rs` does the same for `smelt pretrain`.
+//!
+//! Key decision: both recipes checkpoint after every step (`save_every = 1`), so most of
+//! a process's life is spent near or inside a checkpoint write and the random kills land
+//! there too. GRPO runs synchronously (`async_generation = false`, `max_staleness = 0`):
+//! its rollouts are then a function of the checkpointed weights, prompt cursor and seeds
+//! alone, which is what makes an exact resume possible.
+
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde_json::Value;
+use smelt::checkpoint::save_pretrained;
+use smelt::{Model, ModelConfig, ModelType};
+use smelt_pretrain::bpe::{train_bpe, BpeTrainingConfig, CHATML_TEMPLATE};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills that must land per job (pretraining lands 10 more in its own test).
+const KILLS: usize = 6;
+
+/// A fresh directory under cargo's per-target test scratch space.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("crash_campaign-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tiny chat model folder (random weights, a byte-level BPE with a ChatML template).
+fn tiny_model(dir: &Path) -> PathBuf {
+    let sentences = [
+        "What is two plus three? Two plus three is five.",
+        "What is 7 - 4? The answer is 3. 12 + 9 = 21, 6 * 8 = 48.",
+        "The quick brown fox jumps over the lazy dog.",
+        "Say hello. Hello! How can I help you today?",
+    ];
+    let config = BpeTrainingConfig {
+        vocab_size: 300,
+        min_frequency: 1,
+        eos_token: Some("<|im_end|>".into()),
+        pad_token: Some("<|endoftext|>".into()),
+        chat_template: Some(CHATML_TEMPLATE.into()),
+        ..BpeTrainingConfig::default()
+    };
+    let tokenizer = train_bpe(sentences.iter(), &config, &dir.join("tokenizer")).unwrap();
+    let model_config = ModelConfig::tiny(ModelType::Llama, tokenizer.vocab_size());
+    let model = Model::new_random(model_config, &candle_core::Device::Cpu, 7).unwrap();
+    let out = dir.join("model");
+    save_pretrained(&model, Some(&tokenizer), &out).unwrap();
+    out
+}
+
+/// One CLI job: `smelt <command> --config <recipe>` writing into `run`.
+struct Job {
+    command: &'static str,
+    recipe: PathBuf,
+    run: PathBuf,
+}
+
+impl Job {
+    fn start(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .args([self.command, "--config"])
+            .arg(&self.recipe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs to the end; panics with stderr when the command fails.
+    fn finish(&self, deadline: Duration) {
+        let child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .args([self.command, "--config"])
+            .arg(&self.recipe)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        assert!(started.elapsed() < deadline, "{} run did not finish in time", self.command);
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}",
+            self.command,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `(step, loss bits)` of every step record in `metrics.jsonl`.
+    fn losses(&self) -> Vec<(u64, u64)> {
+        std::fs::read_to_string(self.run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r.get("event").is_none())
+            .map(|r| {
+                (
+                    r["step"].as_u64().unwrap(),
+                    r["loss"].as_f64().unwrap().to_bits(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Every named weight of the checkpoint at `dir`, flattened; panics when it does not load.
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let (model, _) = smelt::checkpoint::load_folder(dir, &candle_core::Device::Cpu, true)
+        .unwrap_or_else(|e| panic!("{} does not load: {e}", dir.display()));
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+/// Runs `reference` uninterrupted, then SIGKILLs `crashed` [`KILLS`] times at seeded
+/// random moments, reruns it to the end, and compares. The weights must have moved away
+/// from `initial` (else the comparison proves nothing). Returns the bytes of weights compared.
+fn campaign(initial: &Path, reference: &Job, crashed: &Job, steps: usize, seed: u64) -> usize {
+    let t0 = Instant::now();
+    reference.finish(Duration::from_secs(300));
+    let full = t0.elapsed();
+    eprintln!("{}: uninterrupted run took {full:?}", reference.command);
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut kills, mut in_writes, mut starts, mut latest_seen) = (0, 0, 0, Vec::new());
+    // A resumed process skips the steps already checkpointed, so each delay is a
+    // fraction of what is left of the run (the steps not yet logged).
+    while kills < KILLS {
+        let done = std::fs::read_to_string(crashed.run.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        assert!(
+            done < steps && starts < 8 * KILLS,
+            "{}: the run finished (or {starts} starts passed) with only {kills} kills landed",
+            crashed.command
+        );
+        let left = 1.0 - done as f64 / steps as f64;
+        let mut child = crashed.start();
+        starts += 1;
+        std::thread::sleep(full.mul_f64(rng.random_range(0.02..0.4) * left));
+        if child.try_wait().unwrap().is_none() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            kills += 1;
+            child.wait().unwrap();
+            // A checkpoint being written lives in `.<name>.tmp-<pid>-<n>` until renamed in.
+            let tmp = format!(".tmp-{}-", child.id());
+            in_writes += std::fs::read_dir(&crashed.run)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .any(|e| e.file_name().to_string_lossy().contains(&tmp))
+                })
+                .unwrap_or(false) as usize;
+        }
+        child.wait().unwrap();
+        if let Ok(target) = std::fs::read_link(crashed.run.join("latest")) {
+            let target = crashed.run.join(target);
+            weights(&target); // every checkpoint `latest` names must load
+            latest_seen.push(target);
+        }
+    }
+    crashed.finish(full * 4 + Duration::from_secs(60));
+
+    let (a, b) = (reference.losses(), crashed.losses());
+    assert_eq!(a.len(), steps, "{} logged {} steps", reference.command, a.len());
+    assert_eq!(
+        a, b,
+        "{}: losses of the resumed run differ from the uninterrupted run",
+        crashed.command
+    );
+    let (wa, wb) = (
+        weights(&reference.run.join("latest")),
+        weights(&crashed.run.join("latest")),
+    );
+    assert_eq!(wa, wb, "{}: final weights differ", crashed.command);
+    assert_ne!(wa, weights(initial), "{}: training never moved the weights", crashed.command);
+    let bytes: usize = wa.iter().map(|(_, w)| 4 * w.len()).sum();
+    eprintln!(
+        "{}: {kills} SIGKILLs ({in_writes} inside a checkpoint write), {starts} resumes, \
+         latest named {} checkpoints, {} losses and {bytes} weight bytes identical",
+        crashed.command,
+        latest_seen.len(),
+        a.len()
+    );
+    bytes
+}
+
+/// `smelt sft` on 12 conversations: 120 steps, a checkpoint after each.
+#[test]
+fn sft_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
+    let dir = scratch("sft");
+    let model = tiny_model(&dir);
+    let data = dir.join("chats.jsonl");
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                r#"{{"messages": [{{"role": "user", "content": "What is {i} plus 3?"}}, {{"role": "assistant", "content": "It is {}."}}]}}"#,
+                i + 3
+            )
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let job = |run: &str| {
+        let recipe = dir.join(format!("{run}.toml"));
+        let out = dir.join(run);
+        std::fs::write(
+            &recipe,
+            format!(
+                "model = {model:?}\n[data]\ntrain_files = [{data:?}]\n[sft]\nmax_length = 64\n\
+                 per_device_train_batch_size = 2\nassistant_only_loss = true\n\
+                 [train]\noutput_dir = {out:?}\nmax_steps = 120\nlearning_rate = 1e-3\n\
+                 save_every = 1\nkeep_last = 2\nprogress = false\nplots = false\n",
+            ),
+        )
+        .unwrap();
+        Job {
+            command: "sft",
+            recipe,
+            run: out,
+        }
+    };
+    campaign(&model, &job("reference"), &job("crashed"), 120, 11);
+}
+
+/// `smelt grpo` on arithmetic prompts: 40 synchronous steps of 2 prompts × 4 completions,
+/// a checkpoint after each. A random model never answers right, so beside `math_answer`
+/// a digit-format reward gives the groups non-zero advantages (else every gradient is 0
+/// and the weights never move, which would make the comparison vacuous).
+#[test]
+fn grpo_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
+    let dir = scratch("grpo");
+    let model = tiny_model(&dir);
+    let job = |run: &str| {
+        let recipe = dir.join(format!("{run}.toml"));
+        let out = dir.join(run);
+        std::fs::write(
+            &recipe,
+            format!(
+                "model = {model:?}\nmax_batch = 8\n\
+                 [data]\narithmetic = {{ task = {{ seed = 7, max_operand = 9 }}, num_prompts = 16 }}\n\
+                 [[rewards]]\nkind = \"math_answer\"\n\
+                 [[rewards]]\nkind = \"format_regex\"\npattern = \"[0-9]\"\n\
+                 [grpo]\nnum_generations = 4\nper_device_train_batch_size = 8\n\
+                 max_completion_length = 8\ntemperature = 1.0\nasync_generation = false\n\
+                 max_staleness = 0\n\
+                 [train]\noutput_dir = {out:?}\nmax_steps = 40\nlearning_rate = 1e-3\n\
+                 save_every = 1\nkeep_last = 2\nprogress = false\nplots = false\n",
+            ),
+        )
+        .unwrap();
+        Job {
+            command: "grpo",
+            recipe,
+            run: out,
+        }
+    };
+    campaign(&model, &job("reference"), &job("crashed"), 40, 13);
+}
