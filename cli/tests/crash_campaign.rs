@@ -83,7 +83,11 @@ impl Job {
             .unwrap();
         let started = Instant::now();
         let out = child.wait_with_output().unwrap();
-        assert!(started.elapsed() < deadline, "{} run did not finish in time", self.command);
+        assert!(
+            started.elapsed() < deadline,
+            "{} run did not finish in time",
+            self.command
+        );
         assert!(
             out.status.success(),
             "{} failed:\n{}",
@@ -169,7 +173,13 @@ fn campaign(initial: &Path, reference: &Job, crashed: &Job, steps: usize, seed: 
     crashed.finish(full * 4 + Duration::from_secs(60));
 
     let (a, b) = (reference.losses(), crashed.losses());
-    assert_eq!(a.len(), steps, "{} logged {} steps", reference.command, a.len());
+    assert_eq!(
+        a.len(),
+        steps,
+        "{} logged {} steps",
+        reference.command,
+        a.len()
+    );
     assert_eq!(
         a, b,
         "{}: losses of the resumed run differ from the uninterrupted run",
@@ -180,7 +190,12 @@ fn campaign(initial: &Path, reference: &Job, crashed: &Job, steps: usize, seed: 
         weights(&crashed.run.join("latest")),
     );
     assert_eq!(wa, wb, "{}: final weights differ", crashed.command);
-    assert_ne!(wa, weights(initial), "{}: training never moved the weights", crashed.command);
+    assert_ne!(
+        wa,
+        weights(initial),
+        "{}: training never moved the weights",
+        crashed.command
+    );
     let bytes: usize = wa.iter().map(|(_, w)| 4 * w.len()).sum();
     eprintln!(
         "{}: {kills} SIGKILLs ({in_writes} inside a checkpoint write), {starts} resumes, \

@@ -216,7 +216,9 @@ impl<A: Algorithm> Trainer<A> {
                     record[format!("eval_{k}")] = v.into();
                 }
             }
-            let has_eval = record.as_object().is_some_and(|m| m.keys().any(|k| k.starts_with("eval_")));
+            let has_eval = record
+                .as_object()
+                .is_some_and(|m| m.keys().any(|k| k.starts_with("eval_")));
             if last || self.state.step % self.config.log_every == 0 || has_eval {
                 log.write(&record)?;
             }
