@@ -34,7 +34,18 @@ impl Shard {
         let meta_path = metadata_path(path);
         let text = fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
         let (name, size, count) = parse_metadata(&meta_path, &text)?;
-        let mut shard = Self::open_with_token_size(path, size)?;
+        // The token size comes from the metadata: if the data or index disagrees with
+        // it, the metadata may be the file that is wrong, so name both.
+        let mut shard = Self::open_with_token_size(path, size).map_err(|e| {
+            Error::checkpoint(
+                path,
+                format!(
+                    "{e} (token size {} bytes as declared by {})",
+                    size.bytes(),
+                    meta_path.display()
+                ),
+            )
+        })?;
         if let Some(count) = count {
             if count != shard.num_tokens() {
                 return Err(Error::checkpoint(
