@@ -301,3 +301,50 @@ fn bad_config_values_name_the_key() {
         .to_string();
     assert!(e.contains("max_stepz"), "{e}");
 }
+
+#[test]
+fn a_checkpoint_with_non_finite_weights_is_never_written() {
+    use smelt::optim::{AdamW, AdamWConfig};
+    use smelt::train::state::{save_checkpoint, CheckpointParts, TrainerState};
+    let dir = tempfile::tempdir().unwrap();
+    let model = model();
+    let optimizer = AdamW::new(model.vars(), AdamWConfig::default()).unwrap();
+    let state = TrainerState {
+        step: 7,
+        lr_scale: 1.0,
+        ..Default::default()
+    };
+    let cursor = json!({});
+    let parts = |m| CheckpointParts {
+        model: m,
+        tokenizer: None,
+        optimizer: &optimizer,
+        state: &state,
+        cursor: &cursor,
+        seed: 0,
+    };
+    // a good checkpoint first, so there is something `latest` must keep pointing at
+    save_checkpoint(dir.path(), &parts(&model), 3).unwrap();
+    let (name, var) = &model.vars()[1];
+    let poisoned = var.as_tensor().affine(0.0, f64::NAN).unwrap();
+    var.set(&poisoned).unwrap();
+    let mut later = state.clone();
+    later.step = 8;
+    let parts8 = CheckpointParts {
+        state: &later,
+        ..parts(&model)
+    };
+    let err = save_checkpoint(dir.path(), &parts8, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("non-finite") && err.contains(name.as_str()),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("checkpoint-000008").exists(),
+        "a poisoned checkpoint was written"
+    );
+    let latest = std::fs::read_link(dir.path().join("latest")).unwrap();
+    assert_eq!(latest, Path::new("checkpoint-000007"));
+}
