@@ -208,7 +208,7 @@ fn dpo_train_over_defaults<'de, D: Deserializer<'de>>(
 }
 
 /// The user's `[train]` table merged key by key over `defaults` (a `schedule` replaces whole).
-fn over_defaults<'de, D: Deserializer<'de>>(
+pub(crate) fn over_defaults<'de, D: Deserializer<'de>>(
     d: D,
     defaults: TrainConfig,
 ) -> std::result::Result<TrainConfig, D::Error> {

@@ -16,9 +16,9 @@
 //! decay, linear decay, clip 1.0) and overrides only the keys given.
 
 use super::{Grpo, GrpoConfig, GrpoSource, SamplerGenerator};
+use crate::recipes::trl_train_defaults;
 use serde::{Deserialize, Serialize};
 use smelt::checkpoint::{self, LoadOptions};
-use smelt::optim::{AdamWConfig, Schedule};
 use smelt::tokenizer::{Message, Tokenizer};
 use smelt::train::{TrainConfig, TrainSummary, Trainer};
 use smelt::{Error, Result};
@@ -45,9 +45,13 @@ pub struct GrpoRecipe {
     /// Most sequences the sampler decodes at once (default 16).
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
-    /// Loop settings over TRL's GRPO defaults (see the module docs).
-    #[serde(default)]
-    pub train: toml::Table,
+    /// Loop settings over TRL's GRPO defaults (see the module docs), merged key by key
+    /// as SFT and DPO recipes do.
+    #[serde(
+        default = "grpo_train_defaults",
+        deserialize_with = "grpo_train_over_defaults"
+    )]
+    pub train: TrainConfig,
 }
 
 /// Where prompts come from: JSONL/Parquet rows with a `prompt` column (a string, or a
@@ -119,76 +123,42 @@ fn answer_key() -> String {
     "answer".into()
 }
 
-/// TRL 1.16 / HF Trainer defaults for GRPO.
+/// TRL 1.16 / HF Trainer defaults for GRPO (lr 1e-6, output `runs/grpo`).
 pub fn grpo_train_defaults() -> TrainConfig {
-    let mut t = TrainConfig {
-        learning_rate: 1e-6,
-        schedule: Schedule::Linear {
-            warmup_steps: 0,
-            min_lr_ratio: 0.0,
-        },
-        optimizer: AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-        max_grad_norm: 1.0,
-        ..Default::default()
-    };
+    let mut t = trl_train_defaults(1e-6, "runs/grpo");
     // Waiting for rollouts is generation time, not a data-loader stall.
     t.throughput.data_stall_fraction = 1.0;
     t
 }
 
+/// The user's `[train]` over [`grpo_train_defaults`].
+fn grpo_train_over_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<TrainConfig, D::Error> {
+    crate::recipes::over_defaults(d, grpo_train_defaults())
+}
+
 impl GrpoRecipe {
-    /// Reads a recipe with `--set` overrides.
+    /// Reads a recipe with `--set` overrides and validates it; errors name the file and key.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        smelt::recipe::load_recipe(path, overrides)
+        let recipe: GrpoRecipe = smelt::recipe::load_recipe(path, overrides)?;
+        recipe.validate(path)?;
+        Ok(recipe)
     }
 
-    /// The loop settings: TRL's GRPO defaults overlaid with `[train]`.
-    pub fn train_config(&self, origin: &Path) -> Result<TrainConfig> {
-        overlay_train(grpo_train_defaults(), &self.train, origin)
-    }
-}
-
-/// `defaults` with the keys of `table` replaced; unknown keys are errors naming them.
-pub fn overlay_train(
-    defaults: TrainConfig,
-    table: &toml::Table,
-    origin: &Path,
-) -> Result<TrainConfig> {
-    let mut base = toml::Table::try_from(&defaults).map_err(|e| Error::Invalid(e.to_string()))?;
-    merge(&mut base, table);
-    let text = toml::to_string(&toml::Table::from_iter([(
-        "train".to_string(),
-        toml::Value::Table(base),
-    )]))
-    .map_err(|e| Error::Invalid(e.to_string()))?;
-    #[derive(Deserialize)]
-    struct Wrap {
-        train: TrainConfig,
-    }
-    let wrap: Wrap = smelt::recipe::parse_recipe(&text, origin, &[])?;
-    Ok(wrap.train)
-}
-
-fn merge(base: &mut toml::Table, over: &toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            _ => {
-                base.insert(k.clone(), v.clone());
-            }
-        }
+    /// Cross-field checks.
+    pub fn validate(&self, origin: &Path) -> Result<()> {
+        self.grpo.validate(self.train.grad_accumulation_steps)?;
+        self.train
+            .validate()
+            .map_err(|e| Error::config(origin, format!("[train] {e}")))
     }
 }
 
 /// Runs GRPO as the recipe says; `origin` names the recipe in errors.
 pub fn run_grpo(recipe: &GrpoRecipe, origin: &Path) -> Result<TrainSummary> {
-    let train = recipe.train_config(origin)?;
+    recipe.validate(origin)?;
+    let train = recipe.train.clone();
     let opts = LoadOptions {
         require_tokenizer: true,
         ..Default::default()
@@ -299,4 +269,36 @@ fn prompt_rows(
             Ok((ids, row))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(train: &str) -> Result<GrpoRecipe> {
+        let text = format!(
+            "model = \"m\"\n[data]\narithmetic = {{ num_prompts = 4 }}\n[train]\n{train}\n"
+        );
+        smelt::recipe::parse_recipe(&text, Path::new("grpo.toml"), &[])
+    }
+
+    #[test]
+    fn train_keys_merge_over_grpo_defaults_and_a_schedule_replaces_whole() {
+        let r = parse("max_steps = 3").unwrap();
+        assert_eq!(r.train.max_steps, 3);
+        assert_eq!(
+            r.train.learning_rate, 1e-6,
+            "TRL's GRPO learning rate is kept"
+        );
+        assert_eq!(r.train.optimizer.beta2, 0.999);
+        assert_eq!(r.train.throughput.data_stall_fraction, 1.0);
+        // the linear default's `min_lr_ratio` must not leak into another schedule kind
+        let r = parse("schedule = { kind = \"constant\", warmup_steps = 2 }").unwrap();
+        assert_eq!(
+            r.train.schedule,
+            smelt::optim::Schedule::Constant { warmup_steps: 2 }
+        );
+        let e = parse("max_stepz = 3").unwrap_err().to_string();
+        assert!(e.contains("max_stepz") && e.contains("grpo.toml"), "{e}");
+    }
 }

@@ -180,7 +180,7 @@ pub enum StagePlan {
     Sft(Box<SftRecipe>),
     /// DPO.
     Dpo(Box<DpoRecipe>),
-    /// GRPO (its `[train]` stays a table over TRL's GRPO defaults).
+    /// GRPO.
     Grpo(Box<GrpoRecipe>),
 }
 
@@ -336,7 +336,7 @@ impl PipelineRecipe {
                         }
                         _ => {
                             let r: GrpoRecipe = from_table(t, origin, "grpo")?;
-                            r.train_config(origin)?;
+                            r.validate(origin)?;
                             StagePlan::Grpo(Box::new(r))
                         }
                     }
