@@ -12,7 +12,6 @@ use crate::error::{EvalError, Result};
 use crate::runner::TaskOutput;
 use crate::spec::Task;
 use serde_json::{json, Map, Value};
-use std::io::Write;
 use std::path::Path;
 
 /// The version recorded for every task (bump when prompts or scoring change).
@@ -87,22 +86,9 @@ fn json_f64(x: f64) -> Value {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temporary sibling, then rename).
+/// Writes `bytes` to `path` atomically (the core's temporary sibling, fsync, rename).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| EvalError::io(dir, e))?;
-    tmp.write_all(bytes)
-        .map_err(|e| EvalError::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| EvalError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| EvalError::io(path, e.error))?;
-    Ok(())
+    Ok(smelt::checkpoint::write_bytes_atomically(path, bytes)?)
 }
 
 /// Writes the results JSON (pretty) atomically.

@@ -93,6 +93,50 @@ where
     Ok(())
 }
 
+/// Writes the file `path` atomically: `fill` writes into a temporary sibling
+/// (`.<name>.tmp-<pid>-<n>`), which is fsynced and renamed over `path`, then the folder
+/// is fsynced. `path` holds either its old contents or the complete new ones; if `fill`
+/// or any step fails the temporary file is removed and `path` is untouched. Missing
+/// parent folders are created.
+pub fn write_file_atomically<F>(path: &Path, fill: F) -> Result<()>
+where
+    F: FnOnce(&mut std::io::BufWriter<fs::File>) -> Result<()>,
+{
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = parent.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    let written = (|| {
+        let file = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::new(file);
+        fill(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    sync_dir(&parent)
+}
+
+/// [`write_file_atomically`] of a byte buffer.
+pub fn write_bytes_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    write_file_atomically(path, |w| w.write_all(bytes).map_err(|e| Error::io(path, e)))
+}
+
 /// Fsyncs every regular file under `dir` (recursively), then each directory itself.
 fn sync_tree(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -188,5 +232,24 @@ mod tests {
             "{err}"
         );
         fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn file_writes_replace_whole_or_not_at_all() {
+        let dir = tmpdir();
+        let path = dir.join("sub").join("f.json");
+        write_bytes_atomically(&path, b"old").unwrap();
+        let failed = write_file_atomically(&path, |w| {
+            use std::io::Write;
+            w.write_all(b"half").unwrap();
+            Err(Error::Invalid("boom".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        write_bytes_atomically(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        let leftovers = fs::read_dir(dir.join("sub")).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file is left behind");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

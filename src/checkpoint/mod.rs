@@ -24,8 +24,9 @@ pub mod hf_folder;
 pub mod hub;
 pub mod safetensors_io;
 
-pub use atomic::write_dir_atomically;
+pub use atomic::{write_bytes_atomically, write_dir_atomically, write_file_atomically};
 pub use gguf::{read_gguf, GgufImport};
+pub(crate) use hf_folder::write_json;
 pub use hf_folder::{
     generation_config, load_folder, load_weights, save_pretrained, write_pretrained_files,
 };

@@ -17,6 +17,7 @@
 //!   valid but unterminated last line is kept and terminated). Any other malformed
 //!   line is an error naming `file:line`, and nothing is rewritten.
 
+use crate::checkpoint::write_bytes_atomically;
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
@@ -76,7 +77,7 @@ impl MetricsLog {
         if dropped == 0 {
             return Ok(());
         }
-        write_file_atomically(&self.path, kept.as_bytes())?;
+        write_bytes_atomically(&self.path, kept.as_bytes())?;
         // The old handle points at the replaced inode: reopen the new file.
         self.file = open_append(&self.path)?;
         Ok(())
@@ -184,31 +185,5 @@ fn repair_torn_tail(path: &Path) -> Result<()> {
         fixed.extend_from_slice(tail);
         fixed.push(b'\n');
     }
-    write_file_atomically(path, &fixed)
-}
-
-/// Writes `bytes` to `target` through a temporary sibling file that is fsynced and
-/// then renamed over `target` (atomic on POSIX filesystems), then fsyncs the folder.
-fn write_file_atomically(target: &Path, bytes: &[u8]) -> Result<()> {
-    let name = target
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", target.display())))?
-        .to_string_lossy();
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, target));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(target, e));
-    }
-    #[cfg(unix)]
-    File::open(&parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(&parent, e))?;
-    Ok(())
+    write_bytes_atomically(path, &fixed)
 }

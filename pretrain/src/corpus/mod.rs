@@ -24,10 +24,8 @@ pub mod normalize;
 pub mod readers;
 pub mod report;
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 use smelt::{Error, Result};
@@ -252,40 +250,5 @@ pub fn prepare_corpus(config: CorpusConfig) -> Result<CorpusReport> {
     Ok(report)
 }
 
-/// Distinguishes concurrent temporary files of one process.
-static TMP_COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// Writes `path` through `fill` into a temporary sibling file, fsyncs it and renames it
-/// into place: `path` holds either its old contents or the complete new ones. On error
-/// the temporary file is removed and `path` is untouched.
-pub fn write_file_atomically<F>(path: &Path, fill: F) -> Result<()>
-where
-    F: FnOnce(&mut BufWriter<File>) -> Result<()>,
-{
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = parent.join(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = BufWriter::new(file);
-        fill(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+/// Atomic file writes come from the core (temporary sibling, fsync, rename).
+pub use smelt::checkpoint::write_file_atomically;

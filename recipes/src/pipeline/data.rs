@@ -17,7 +17,6 @@ use super::recipe::PipelineRecipe;
 use serde_json::{json, Value};
 use smelt::{Error, Result};
 use smelt_rollouts::tasks::arithmetic::{ArithmeticTask, TaskRow};
-use std::io::Write;
 use std::path::Path;
 
 /// The prompt every stage and eval uses for a problem.
@@ -110,18 +109,4 @@ pub fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
     write_atomically(path, text.as_bytes())
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
+pub use smelt::checkpoint::write_bytes_atomically as write_atomically;
