@@ -14,7 +14,7 @@
 
 use super::spike::SpikeDetector;
 use crate::checkpoint::{
-    read_safetensors, write_dir_atomically, write_pretrained_files, write_safetensors,
+    read_safetensors, write_dir_atomically, write_json, write_pretrained_files, write_safetensors,
 };
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -206,11 +206,6 @@ fn prune(run_dir: &Path, keep_last: usize, current: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {

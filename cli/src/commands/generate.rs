@@ -135,17 +135,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "load_s": load_s, "prompt_tokens": prompt_ids.len(), "new_tokens": n,
                 "prefill_s": prefill, "prefill_tokens_per_s": prompt_ids.len() as f64 / prefill.max(1e-9),
                 "decode_tokens_per_s": decode_tps, "finish": format!("{:?}", generation.finish),
-                "peak_rss_mb": peak_rss_mb(),
+                "peak_rss_mb": smelt::telemetry::peak_rss_mb(),
             })
         );
     }
     Ok(())
-}
-
-/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
