@@ -20,6 +20,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod recipe;
+pub mod rng;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod train;

@@ -14,6 +14,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use smelt::data::{pack_bfd, packed_batch, padded_batch, SftEncodeOptions, SftExample};
+use smelt::rng::splitmix64;
 use smelt::train::{Algorithm, BatchSource, LossOutput, Metrics, NextTokenLoss, TokenBatch};
 use smelt::{Error, Model, Result};
 
@@ -193,15 +194,6 @@ impl SftBatches {
         }
         order
     }
-}
-
-/// One step of SplitMix64 (Steele et al. 2014).
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// `ex` cut to `max` tokens (BFD truncates over-long examples rather than splitting them).

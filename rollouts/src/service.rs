@@ -64,10 +64,7 @@ pub trait PromptSource: Send {
 
 /// SplitMix64 finaliser: decorrelates seeds derived from small integers.
 pub fn mix_seed(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    smelt::rng::mix64(x)
 }
 
 /// A fixed prompt list served `per_batch` at a time, reshuffled every epoch from `seed`.

@@ -75,14 +75,7 @@ pub struct BenchArgs {
 pub fn workload_tokens(batch: usize, seq: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut x = seed;
     (0..batch * seq)
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z % vocab as u64) as u32
-        })
+        .map(|_| (smelt::rng::splitmix64(&mut x) % vocab as u64) as u32)
         .collect()
 }
 

@@ -28,6 +28,7 @@
 //!   document" is the first one read, and a later document that bridges two clusters
 //!   merges them (as datatrove's clustering does).
 
+use smelt::rng::splitmix64;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -91,16 +92,6 @@ pub fn half_probability_similarity(b: usize, r: usize) -> f64 {
 /// share at least one full band.
 pub fn candidate_probability(s: f64, b: usize, r: usize) -> f64 {
     1.0 - (1.0 - s.powi(r as i32)).powi(b as i32)
-}
-
-/// SplitMix64: a tiny, fixed generator, so permutation parameters never change with a
-/// dependency's version.
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Computes MinHash signatures.

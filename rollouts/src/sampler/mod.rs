@@ -196,11 +196,6 @@ impl Sampler {
 /// Seed of a request's RNG: `(seed, id)` mixed by splitmix64 so nearby ids give
 /// unrelated streams.
 pub fn request_seed(seed: u64, id: u64) -> u64 {
-    fn splitmix(mut z: u64) -> u64 {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    splitmix(seed ^ splitmix(id))
+    use smelt::rng::mix64;
+    mix64(seed ^ mix64(id))
 }
