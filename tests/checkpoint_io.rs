@@ -5,6 +5,8 @@
 //! `SMELT_SMOLLM2_GGUF`, else `$HOME/.cache/smelt/assets/smollm2-135m-instruct/…`; if
 //! it is missing they are skipped with a note, or fail when `SMELT_REQUIRE_ASSETS=1`.
 
+mod common;
+
 use candle_core::quantized::gguf_file::{self, Value as GV};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -45,28 +47,7 @@ fn assert_same_tensors(a: &Model, b: &Model) {
     }
 }
 
-fn smollm2_gguf() -> Option<PathBuf> {
-    let path = std::env::var_os("SMELT_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/smelt/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var("SMELT_REQUIRE_ASSETS").as_deref() == Ok("1") {
-        panic!(
-            "SMELT_REQUIRE_ASSETS=1 but the SmolLM2 GGUF is missing at {}",
-            path.display()
-        );
-    }
-    eprintln!(
-        "note: skipping, SmolLM2 GGUF not found at {} (run shared/scripts/fetch-smollm2.sh)",
-        path.display()
-    );
-    None
-}
+use common::smollm2_gguf;
 
 /// A tensor's bytes for the `safetensors` writer, in any dtype.
 struct Raw(StDtype, Vec<usize>, Vec<u8>);

@@ -8,37 +8,19 @@
 //! the default cache path. Without it the tests that need it print a note and pass, unless
 //! `SMELT_REQUIRE_ASSETS=1`. The error-path tests need no assets.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
 use serde_json::Value as Json;
 use smelt::tokenizer::{ChatTemplate, Message, Tokenizer};
 
-fn gguf_path() -> Option<PathBuf> {
-    let path = match std::env::var_os("SMELT_SMOLLM2_GGUF") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/smelt/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if path.exists() {
-        return Some(path);
-    }
-    if std::env::var("SMELT_REQUIRE_ASSETS").as_deref() == Ok("1") {
-        panic!(
-            "SMELT_REQUIRE_ASSETS=1 but {} is missing (run shared/scripts/fetch-smollm2.sh)",
-            path.display()
-        );
-    }
-    eprintln!(
-        "skipping: {} not found (set SMELT_SMOLLM2_GGUF or run fetch-smollm2.sh)",
-        path.display()
-    );
-    None
-}
+use common::smollm2_gguf as gguf_path;
 
 /// The GGUF-built tokenizer, once per test binary; `None` when the model file is absent.
 fn smollm2() -> Option<&'static Tokenizer> {

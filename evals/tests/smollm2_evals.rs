@@ -11,6 +11,9 @@
 //! - Gate: noise added to the weights makes the gate fail; a rerun of the same
 //!   checkpoint passes.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use candle_core::{Device, Tensor};
 use serde_json::Value;
 use smelt::checkpoint::{self, LoadOptions};
@@ -29,25 +32,7 @@ fn repo() -> PathBuf {
 }
 
 fn smollm2() -> Option<(Model, Tokenizer)> {
-    let path = std::env::var_os("SMELT_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/smelt/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if !path.is_file() {
-        if std::env::var("SMELT_REQUIRE_ASSETS").as_deref() == Ok("1") {
-            panic!(
-                "SMELT_REQUIRE_ASSETS=1 but the SmolLM2 GGUF is missing at {}",
-                path.display()
-            );
-        }
-        eprintln!(
-            "skipped: SmolLM2 GGUF not found at {} (run ../shared/scripts/fetch-smollm2.sh)",
-            path.display()
-        );
-        return None;
-    }
+    let path = common::smollm2_gguf()?;
     let opts = LoadOptions {
         require_tokenizer: true,
         ..Default::default()

@@ -4,12 +4,14 @@
 //! temporary directory; the SmolLM2 tests use the real GGUF when present (located as
 //! in the core's `tests/common`) and skip with a note otherwise.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use candle_core::{Device, Tensor, D};
 use smelt::checkpoint::{self, LoadOptions};
 use smelt::tokenizer::{Message, Tokenizer};
 use smelt::{Model, ModelConfig, ModelType};
 use smelt_rollouts::{Completion, FinishReason, Request, Sampler, SamplingParams};
-use std::path::PathBuf;
 
 /// 63 printable characters after `<eos>` (id 0): a 64-token vocabulary.
 const CHARS: &str = "abcdefghijklmnopqrstuvwxyz0123456789 .,!?+-*/=ABCDEFGHIJKLMNOPQ";
@@ -312,25 +314,7 @@ fn bad_params_are_errors_naming_the_field() {
 }
 
 fn smollm2() -> Option<(Model, Tokenizer)> {
-    let path = std::env::var_os("SMELT_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/smelt/assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if !path.is_file() {
-        assert_ne!(
-            std::env::var("SMELT_REQUIRE_ASSETS").as_deref(),
-            Ok("1"),
-            "missing {}",
-            path.display()
-        );
-        eprintln!(
-            "skipped: SmolLM2 GGUF not found at {} (run ../shared/scripts/fetch-smollm2.sh)",
-            path.display()
-        );
-        return None;
-    }
+    let path = common::smollm2_gguf()?;
     let opts = LoadOptions {
         require_tokenizer: true,
         ..Default::default()
