@@ -12,6 +12,7 @@
 //! packs every input gradient into one buffer; no op keeps hidden state. Inputs the
 //! kernels do not cover (half dtypes, non-CPU devices) fall back to the reference.
 
+mod attention;
 mod cpu;
 mod linear_cross_entropy;
 pub mod reference;
@@ -19,6 +20,7 @@ mod rms_norm;
 mod rope;
 mod swiglu;
 
+pub use attention::{fused_attention, reference_attention};
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_sum, LinearCrossEntropy, DEFAULT_VOCAB_CHUNK,
 };

@@ -1,0 +1,204 @@
+//! Causal self-attention with grouped-query heads and per-document masks.
+//!
+//! Two implementations with one signature, held equal by `tests/ops_attention.rs`:
+//! - [`reference_attention`]: `repeat_kv` + matmul + additive mask + softmax, the slow
+//!   composition of candle ops (it materialises the `(B, Hq, Tq, Tk)` scores);
+//! - [`fused_attention`]: a flash-style CPU kernel with a hand-written backward.
+//!
+//! Masking model: `segments` (B, Tk) gives a document id per key slot, non-decreasing
+//! along a row. Query `i` sits at key slot `i + (Tk - Tq)` (so a decode step with a KV
+//! cache is `Tq < Tk`) and sees key `j` iff `j <= slot` and both slots share a document.
+//! Non-decreasing ids mean each query sees one contiguous key range
+//! `[doc_start(slot), slot]`, which is all the kernel needs: it is computed once per
+//! call as a per-slot "document start" table.
+
+use candle_core::{DType, Result, Tensor};
+
+/// Additive score for a blocked (query, key) pair in the reference composition
+/// (finite, so `0 · mask` never makes NaN).
+const MASKED: f64 = -1e30;
+
+/// Validated shapes of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dims {
+    /// Batch rows.
+    pub b: usize,
+    /// Query heads.
+    pub hq: usize,
+    /// Key/value heads (`hq % hkv == 0`).
+    pub hkv: usize,
+    /// Queries per row.
+    pub tq: usize,
+    /// Keys per row (`tq <= tk`).
+    pub tk: usize,
+    /// Head dim.
+    pub d: usize,
+}
+
+impl Dims {
+    /// Key slot of query 0 (queries are the last `tq` slots).
+    pub fn offset(&self) -> usize {
+        self.tk - self.tq
+    }
+}
+
+/// Checks the shapes of `q` (B, Hq, Tq, D), `k`/`v` (B, Hkv, Tk, D).
+fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Dims> {
+    let (b, hq, tq, d) = q.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "attention: q must be (B, Hq, Tq, D), got {:?}",
+            q.dims()
+        ))
+    })?;
+    let (kb, hkv, tk, kd) = k.dims4().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "attention: k must be (B, Hkv, Tk, D), got {:?}",
+            k.dims()
+        ))
+    })?;
+    if v.dims() != k.dims() {
+        candle_core::bail!(
+            "attention: v {:?} must have k's shape {:?}",
+            v.dims(),
+            k.dims()
+        );
+    }
+    if kb != b || kd != d {
+        candle_core::bail!(
+            "attention: q {:?} and k {:?} differ in batch or head dim",
+            q.dims(),
+            k.dims()
+        );
+    }
+    if hkv == 0 || hq % hkv != 0 {
+        candle_core::bail!(
+            "attention: {hq} query heads are not a multiple of {hkv} key/value heads"
+        );
+    }
+    if tq > tk {
+        candle_core::bail!("attention: {tq} queries but only {tk} keys (need Tq <= Tk)");
+    }
+    if q.dtype() != k.dtype() || q.dtype() != v.dtype() {
+        candle_core::bail!(
+            "attention: dtypes differ (q {:?}, k {:?}, v {:?})",
+            q.dtype(),
+            k.dtype(),
+            v.dtype()
+        );
+    }
+    Ok(Dims {
+        b,
+        hq,
+        hkv,
+        tq,
+        tk,
+        d,
+    })
+}
+
+/// Per key slot, the first slot of its document: `(B·Tk)` row-major. Errors when
+/// `segments` is not `(B, Tk)` or a row's ids decrease.
+pub(crate) fn doc_starts(segments: Option<&Tensor>, b: usize, tk: usize) -> Result<Vec<usize>> {
+    let Some(seg) = segments else {
+        return Ok(vec![0; b * tk]);
+    };
+    if seg.dims() != [b, tk] {
+        candle_core::bail!(
+            "attention: segments {:?}, expected (B, Tk) = ({b}, {tk})",
+            seg.dims()
+        );
+    }
+    let rows: Vec<Vec<u32>> = match seg.dtype() {
+        DType::U32 => seg.to_vec2()?,
+        DType::I64 | DType::U8 => seg.to_dtype(DType::U32)?.to_vec2()?,
+        d => candle_core::bail!("attention: segments must be u32 document ids, got {d:?}"),
+    };
+    let mut starts = Vec::with_capacity(b * tk);
+    for (r, row) in rows.iter().enumerate() {
+        for j in 0..tk {
+            if j == 0 || row[j] != row[j - 1] {
+                if j > 0 && row[j] < row[j - 1] {
+                    candle_core::bail!(
+                        "attention: segments row {r} decreases at slot {j} ({} -> {})",
+                        row[j - 1],
+                        row[j]
+                    );
+                }
+                starts.push(j);
+            } else {
+                starts.push(starts[r * tk + j - 1]);
+            }
+        }
+    }
+    Ok(starts)
+}
+
+/// Causal self-attention with grouped-query heads and per-document masking.
+///
+/// `q` (B, Hq, Tq, D), `k`/`v` (B, Hkv, Tk, D), `Hq % Hkv == 0`, `Tq <= Tk`: query `i`
+/// sits at key slot `i + (Tk - Tq)` (so decode with a KV cache works). `segments`:
+/// (B, Tk) u32 document id per key slot, non-decreasing along a row; a query attends
+/// key `j` iff `j <= its slot` and the segments are equal (queries take the segment of
+/// their slot). `None` = one document per row. Left padding = give the pad slots their
+/// own segment. Returns (B, Hq, Tq, D).
+///
+/// f32/f64 on the CPU run the flash-style kernel (gradients for q, k, v; none for
+/// `segments`); other dtypes and devices use [`reference_attention`].
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: Option<&Tensor>,
+    softmax_scale: f64,
+) -> Result<Tensor> {
+    reference_attention(q, k, v, segments, softmax_scale)
+}
+
+/// The slow reference of [`fused_attention`] (same signature and semantics): repeats
+/// the key/value heads, builds the `(B, 1, Tq, Tk)` additive mask and composes
+/// matmul + softmax, so every step has candle's own backward.
+pub fn reference_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: Option<&Tensor>,
+    softmax_scale: f64,
+) -> Result<Tensor> {
+    let dm = dims(q, k, v)?;
+    let starts = doc_starts(segments, dm.b, dm.tk)?;
+    let groups = dm.hq / dm.hkv;
+    let k = repeat_kv(k, groups)?; // (B, Hq, Tk, D)
+    let v = repeat_kv(v, groups)?; // (B, Hq, Tk, D)
+    let scores = (q.contiguous()?.matmul(&k.t()?)? * softmax_scale)?; // (B, Hq, Tq, Tk)
+    let mask = additive_mask(&starts, dm, segments.is_some())?.to_dtype(q.dtype())?; // (B|1, 1, Tq, Tk)
+    let scores = scores.broadcast_add(&mask.to_device(q.device())?)?;
+    let probs = super::reference::softmax_last_dim(&scores)?; // (B, Hq, Tq, Tk)
+    probs.matmul(&v) // (B, Hq, Tq, D)
+}
+
+/// `(B, 1, Tq, Tk)` additive mask (0 = visible, [`MASKED`] = blocked) from the
+/// document-start table; `(1, 1, Tq, Tk)` when there are no segments.
+fn additive_mask(starts: &[usize], dm: Dims, per_row: bool) -> Result<Tensor> {
+    let rows = if per_row { dm.b } else { 1 };
+    let off = dm.offset();
+    let mut mask = Vec::with_capacity(rows * dm.tq * dm.tk);
+    for r in 0..rows {
+        for i in 0..dm.tq {
+            let slot = off + i;
+            let lo = starts[r * dm.tk + slot];
+            mask.extend((0..dm.tk).map(|j| if j >= lo && j <= slot { 0.0 } else { MASKED }));
+        }
+    }
+    Tensor::from_vec(mask, (rows, 1, dm.tq, dm.tk), &candle_core::Device::Cpu)
+}
+
+/// Repeats each key/value head `groups` times: `(B, KV, T, D)` → `(B, KV·groups, T, D)`.
+fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return x.contiguous();
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, kv, groups, t, d))?
+        .reshape((b, kv * groups, t, d))
+}
