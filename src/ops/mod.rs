@@ -14,12 +14,16 @@
 
 mod attention;
 mod cpu;
+pub mod gemm;
+mod linear;
 mod linear_cross_entropy;
+mod precision;
 pub mod reference;
 mod rms_norm;
 mod rope;
 mod swiglu;
 
+pub use linear::fused_linear;
 pub use attention::{fused_attention, reference_attention};
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_sum, LinearCrossEntropy, DEFAULT_VOCAB_CHUNK,
@@ -27,6 +31,7 @@ pub use linear_cross_entropy::{
 pub use reference::{
     apply_rope, cross_entropy_sum, linear, rms_norm, softmax_last_dim, swiglu, IGNORE_INDEX,
 };
+pub use precision::{ParsePrecisionError, Precision};
 pub use rms_norm::fused_rms_norm;
 pub use rope::fused_rope;
 pub use swiglu::fused_swiglu;

@@ -1,0 +1,557 @@
+//! One row-major GEMM interface for every kernel, with the fastest backend the machine has.
+//!
+//! `C (m, n) = alpha · op(A) · op(B) + beta · C`, where `op(X)` is `X` or `Xᵀ`, all
+//! matrices row-major with a leading dimension (row stride) each, as in CBLAS with
+//! `CblasRowMajor`. A transposed operand is read through its strides, never copied.
+//!
+//! Backends ([`Backend`]):
+//! - [`Backend::Portable`]: the pure-Rust `gemm` crate (what candle's CPU matmul uses);
+//!   bf16 inputs are widened to f32 and multiplied in f32, so the result is the exact
+//!   product of the bf16-rounded inputs up to summation order.
+//! - [`Backend::Mkl`] (cargo feature `mkl`): Intel MKL **loaded at run time** with
+//!   `dlopen` from `$SMELT_MKL_DIR`, then `$HOME/.cache/smelt/mkl/lib` (filled by
+//!   `scripts/fetch-mkl.sh`), on x86_64 with AVX2 only. No link-time dependency: a
+//!   build never needs MKL, and a machine without it runs the portable backend. Its
+//!   bf16 GEMM (`cblas_gemm_bf16bf16f32`, AMX / AVX512-BF16) is used only when the CPU
+//!   has native bf16; otherwise bf16 inputs are widened and go through `cblas_sgemm`.
+//!
+//! Selection: `SMELT_GEMM=auto|mkl|portable` (default `auto` = MKL when loadable), read
+//! once per process; [`with_backend`] overrides it on the calling thread (tests, A/B
+//! benchmarks). [`backend_name`] / [`backend_report`] say which one runs.
+//!
+//! Threads ([`Threads`]): `All` uses the backend's own pool (rayon for portable, MKL's
+//! OpenMP team for MKL); `Single` runs on the calling thread only, for callers that are
+//! already inside a parallel region (e.g. one GEMM per attention head in a rayon task).
+
+mod denormals;
+#[cfg(feature = "mkl")]
+mod mkl;
+mod portable;
+
+pub use denormals::{denormals_flushed_on_this_thread, flush_denormals_to_zero};
+pub use half::bf16;
+
+use candle_core::Result;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// Whether an operand is used as stored or transposed (`op(X) = Xᵀ`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trans {
+    /// `op(X) = X`.
+    No,
+    /// `op(X) = Xᵀ`: the stored matrix is read column-wise.
+    Yes,
+}
+
+impl Trans {
+    /// `Trans::Yes` when `t`.
+    pub fn from_bool(t: bool) -> Self {
+        if t {
+            Trans::Yes
+        } else {
+            Trans::No
+        }
+    }
+}
+
+/// How many threads one GEMM call may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    /// The backend's whole pool (candle's thread count).
+    #[default]
+    All,
+    /// The calling thread only: for GEMMs issued from inside a parallel region.
+    Single,
+}
+
+/// A GEMM implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The pure-Rust `gemm` crate; available everywhere.
+    Portable,
+    /// Intel MKL through `dlopen` (cargo feature `mkl`, x86_64 + AVX2, library found).
+    Mkl,
+}
+
+impl Backend {
+    /// `"portable"` or `"mkl"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Portable => "portable",
+            Backend::Mkl => "mkl",
+        }
+    }
+
+    /// Whether this backend can run on this machine and build.
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Portable => true,
+            Backend::Mkl => mkl_loaded().is_ok(),
+        }
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C` in f32 on this backend.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgemm(
+        self,
+        ta: Trans,
+        tb: Trans,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda): (&[f32], usize),
+        (b, ldb): (&[f32], usize),
+        beta: f32,
+        (c, ldc): (&mut [f32], usize),
+        threads: Threads,
+    ) -> Result<()> {
+        let g = Geometry::checked(
+            "sgemm",
+            ta,
+            tb,
+            (m, n, k),
+            (a.len(), lda),
+            (b.len(), ldb),
+            (c.len(), ldc),
+        )?;
+        if g.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Backend::Portable => portable::sgemm(&g, alpha, a, b, beta, c, threads),
+            Backend::Mkl => mkl_loaded()?.sgemm(&g, alpha, a, b, beta, c, threads),
+        }
+        Ok(())
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C` in f64 on this backend.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dgemm(
+        self,
+        ta: Trans,
+        tb: Trans,
+        (m, n, k): (usize, usize, usize),
+        alpha: f64,
+        (a, lda): (&[f64], usize),
+        (b, ldb): (&[f64], usize),
+        beta: f64,
+        (c, ldc): (&mut [f64], usize),
+        threads: Threads,
+    ) -> Result<()> {
+        let g = Geometry::checked(
+            "dgemm",
+            ta,
+            tb,
+            (m, n, k),
+            (a.len(), lda),
+            (b.len(), ldb),
+            (c.len(), ldc),
+        )?;
+        if g.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Backend::Portable => portable::dgemm(&g, alpha, a, b, beta, c, threads),
+            Backend::Mkl => mkl_loaded()?.dgemm(&g, alpha, a, b, beta, c, threads),
+        }
+        Ok(())
+    }
+
+    /// `C = alpha · op(A) · op(B) + beta · C` with bf16 `A`, `B` and f32 accumulation
+    /// and output, on this backend.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_bf16_f32(
+        self,
+        ta: Trans,
+        tb: Trans,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda): (&[bf16], usize),
+        (b, ldb): (&[bf16], usize),
+        beta: f32,
+        (c, ldc): (&mut [f32], usize),
+        threads: Threads,
+    ) -> Result<()> {
+        let g = Geometry::checked(
+            "gemm_bf16_f32",
+            ta,
+            tb,
+            (m, n, k),
+            (a.len(), lda),
+            (b.len(), ldb),
+            (c.len(), ldc),
+        )?;
+        if g.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Backend::Portable => portable::gemm_bf16_f32(&g, alpha, a, b, beta, c, threads),
+            Backend::Mkl => mkl_loaded()?.gemm_bf16_f32(&g, alpha, a, b, beta, c, threads),
+        }
+        Ok(())
+    }
+}
+
+/// Row-major single-precision GEMM on the selected backend (see the module doc):
+/// `C (m, n) = alpha · op(A) · op(B) + beta · C`. `A` is `(m, k)` (stored `(k, m)`
+/// when `ta` is [`Trans::Yes`]) with row stride `lda`; likewise `B` `(k, n)` / `ldb`,
+/// `C` `(m, n)` / `ldc`. With `beta == 0`, `C` is not read (it may hold anything).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    threads: Threads,
+) -> Result<()> {
+    backend()?.sgemm(
+        ta,
+        tb,
+        (m, n, k),
+        alpha,
+        (a, lda),
+        (b, ldb),
+        beta,
+        (c, ldc),
+        threads,
+    )
+}
+
+/// Row-major double-precision GEMM on the selected backend; arguments as [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn dgemm(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f64,
+    a: &[f64],
+    lda: usize,
+    b: &[f64],
+    ldb: usize,
+    beta: f64,
+    c: &mut [f64],
+    ldc: usize,
+    threads: Threads,
+) -> Result<()> {
+    backend()?.dgemm(
+        ta,
+        tb,
+        (m, n, k),
+        alpha,
+        (a, lda),
+        (b, ldb),
+        beta,
+        (c, ldc),
+        threads,
+    )
+}
+
+/// Row-major GEMM with bf16 inputs and f32 accumulation/output on the selected
+/// backend; arguments as [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_f32(
+    ta: Trans,
+    tb: Trans,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[bf16],
+    lda: usize,
+    b: &[bf16],
+    ldb: usize,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    threads: Threads,
+) -> Result<()> {
+    backend()?.gemm_bf16_f32(
+        ta,
+        tb,
+        (m, n, k),
+        alpha,
+        (a, lda),
+        (b, ldb),
+        beta,
+        (c, ldc),
+        threads,
+    )
+}
+
+/// Rounds f32 values to bf16 (round to nearest even), in parallel for large inputs.
+pub fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    let mut out = vec![bf16::ZERO; x.len()];
+    par_chunks(&mut out, |off, dst| {
+        for (d, s) in dst.iter_mut().zip(&x[off..]) {
+            *d = bf16::from_f32(*s);
+        }
+    });
+    out
+}
+
+/// Widens bf16 values to f32 (exact), in parallel for large inputs.
+pub fn bf16_to_f32(x: &[bf16]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    par_chunks(&mut out, |off, dst| {
+        for (d, s) in dst.iter_mut().zip(&x[off..]) {
+            *d = s.to_f32();
+        }
+    });
+    out
+}
+
+/// Runs `f(offset, chunk)` over chunks of `out` on the rayon pool (inline when small).
+fn par_chunks<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 64 * 1024;
+    if out.len() <= CHUNK {
+        f(0, out);
+        return;
+    }
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| f(i * CHUNK, chunk));
+}
+
+/// A validated GEMM call shape: sizes, transposes and leading dimensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub ta: Trans,
+    pub tb: Trans,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+}
+
+impl Geometry {
+    /// Checks that every operand's slice holds the matrix its sizes and leading
+    /// dimension describe; the error names the call and the operand.
+    fn checked(
+        call: &str,
+        ta: Trans,
+        tb: Trans,
+        (m, n, k): (usize, usize, usize),
+        (a_len, lda): (usize, usize),
+        (b_len, ldb): (usize, usize),
+        (c_len, ldc): (usize, usize),
+    ) -> Result<Self> {
+        let (a_rows, a_cols) = if ta == Trans::No { (m, k) } else { (k, m) };
+        let (b_rows, b_cols) = if tb == Trans::No { (k, n) } else { (n, k) };
+        operand(call, "A", a_rows, a_cols, lda, a_len)?;
+        operand(call, "B", b_rows, b_cols, ldb, b_len)?;
+        operand(call, "C", m, n, ldc, c_len)?;
+        if [m, n, k, lda, ldb, ldc]
+            .iter()
+            .any(|&d| d > i32::MAX as usize)
+        {
+            candle_core::bail!("{call}: a dimension exceeds i32 (m {m}, n {n}, k {k})");
+        }
+        Ok(Self {
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            lda,
+            ldb,
+            ldc,
+        })
+    }
+
+    /// Nothing to compute (`k == 0` still scales `C` by `beta`, handled by backends).
+    fn is_empty(&self) -> bool {
+        self.m == 0 || self.n == 0
+    }
+
+    /// `(row stride, column stride)` of `op(A)` as an `(m, k)` matrix.
+    pub(crate) fn a_strides(&self) -> (isize, isize) {
+        match self.ta {
+            Trans::No => (self.lda as isize, 1),
+            Trans::Yes => (1, self.lda as isize),
+        }
+    }
+
+    /// `(row stride, column stride)` of `op(B)` as a `(k, n)` matrix.
+    pub(crate) fn b_strides(&self) -> (isize, isize) {
+        match self.tb {
+            Trans::No => (self.ldb as isize, 1),
+            Trans::Yes => (1, self.ldb as isize),
+        }
+    }
+}
+
+/// Checks one row-major operand of `rows × cols` with row stride `ld` in `len` elements.
+fn operand(call: &str, name: &str, rows: usize, cols: usize, ld: usize, len: usize) -> Result<()> {
+    if ld < cols.max(1) {
+        candle_core::bail!("{call}: leading dimension of {name} is {ld}, below its {cols} columns");
+    }
+    let need = if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    };
+    if len < need {
+        candle_core::bail!(
+            "{call}: {name} ({rows} × {cols}, ld {ld}) needs {need} elements, got {len}"
+        );
+    }
+    Ok(())
+}
+
+/// The process-wide choice from `SMELT_GEMM`, made once.
+fn selected() -> &'static std::result::Result<Backend, String> {
+    static SELECTED: OnceLock<std::result::Result<Backend, String>> = OnceLock::new();
+    SELECTED.get_or_init(|| {
+        let want = std::env::var("SMELT_GEMM").unwrap_or_default();
+        match want.trim() {
+            "" | "auto" => Ok(if Backend::Mkl.is_available() {
+                Backend::Mkl
+            } else {
+                Backend::Portable
+            }),
+            "portable" => Ok(Backend::Portable),
+            "mkl" => match mkl_loaded() {
+                Ok(_) => Ok(Backend::Mkl),
+                Err(e) => Err(format!("SMELT_GEMM=mkl but MKL is unavailable: {e}")),
+            },
+            other => Err(format!(
+                "SMELT_GEMM={other:?} is not one of \"auto\", \"mkl\", \"portable\""
+            )),
+        }
+    })
+}
+
+thread_local! {
+    static OVERRIDE: Cell<Option<Backend>> = const { Cell::new(None) };
+}
+
+/// The backend GEMM calls on this thread use: the [`with_backend`] override, else the
+/// `SMELT_GEMM` choice. Errors when `SMELT_GEMM` is invalid or asks for an unavailable
+/// backend.
+pub fn backend() -> Result<Backend> {
+    if let Some(b) = OVERRIDE.with(Cell::get) {
+        return Ok(b);
+    }
+    selected().clone().map_err(candle_core::Error::Msg)
+}
+
+/// Name of the backend GEMM calls on this thread use (`"portable"`, `"mkl"`), or
+/// `"invalid"` when `SMELT_GEMM` is unusable.
+pub fn backend_name() -> &'static str {
+    backend().map(Backend::name).unwrap_or("invalid")
+}
+
+/// One line for logs: the backend, whether its bf16 GEMM is native, and why MKL is
+/// not used when it is not.
+pub fn backend_report() -> String {
+    match backend() {
+        Ok(Backend::Mkl) => match mkl_loaded() {
+            Ok(m) => format!("mkl ({})", m.describe()),
+            Err(e) => format!("mkl (unavailable: {e})"),
+        },
+        Ok(Backend::Portable) => match mkl_loaded() {
+            Ok(_) => "portable (mkl available, not selected)".to_string(),
+            Err(e) => format!("portable (mkl: {e})"),
+        },
+        Err(e) => format!("invalid ({e})"),
+    }
+}
+
+/// Runs `f` with every GEMM on this thread going to `backend` (kernels run on the
+/// calling thread, so this covers a forward and backward issued from it). Errors if
+/// `backend` is unavailable.
+pub fn with_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> Result<R> {
+    if !backend.is_available() {
+        candle_core::bail!("gemm backend {} is not available here", backend.name());
+    }
+    struct Restore(Option<Backend>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(backend))));
+    Ok(f())
+}
+
+/// Every backend available on this machine and build, portable first.
+pub fn available_backends() -> Vec<Backend> {
+    [Backend::Portable, Backend::Mkl]
+        .into_iter()
+        .filter(|b| b.is_available())
+        .collect()
+}
+
+#[cfg(feature = "mkl")]
+fn mkl_loaded() -> Result<&'static mkl::Mkl> {
+    mkl::global()
+        .as_ref()
+        .map_err(|e| candle_core::Error::Msg(e.clone()))
+}
+
+#[cfg(not(feature = "mkl"))]
+fn mkl_loaded() -> Result<&'static NoMkl> {
+    candle_core::bail!("built without the `mkl` feature")
+}
+
+/// Stands in for the MKL backend in builds without the feature: it cannot exist.
+#[cfg(not(feature = "mkl"))]
+enum NoMkl {}
+
+#[cfg(not(feature = "mkl"))]
+#[allow(clippy::too_many_arguments)]
+impl NoMkl {
+    fn sgemm(&self, _: &Geometry, _: f32, _: &[f32], _: &[f32], _: f32, _: &mut [f32], _: Threads) {
+        match *self {}
+    }
+    fn dgemm(&self, _: &Geometry, _: f64, _: &[f64], _: &[f64], _: f64, _: &mut [f64], _: Threads) {
+        match *self {}
+    }
+    fn gemm_bf16_f32(
+        &self,
+        _: &Geometry,
+        _: f32,
+        _: &[bf16],
+        _: &[bf16],
+        _: f32,
+        _: &mut [f32],
+        _: Threads,
+    ) {
+        match *self {}
+    }
+    fn describe(&self) -> String {
+        match *self {}
+    }
+}
+
+/// Tries to load MKL from `dir` alone (not the process-wide search), for tests and
+/// diagnostics; the error says why it cannot be used.
+pub fn probe_mkl_dir(dir: &std::path::Path) -> Result<String> {
+    #[cfg(feature = "mkl")]
+    {
+        mkl::Mkl::load_from(dir)
+            .map(|m| m.describe())
+            .map_err(candle_core::Error::Msg)
+    }
+    #[cfg(not(feature = "mkl"))]
+    {
+        candle_core::bail!(
+            "built without the `mkl` feature (asked for {})",
+            dir.display()
+        )
+    }
+}
