@@ -11,8 +11,21 @@
 //! Non-decreasing ids mean each query sees one contiguous key range
 //! `[doc_start(slot), slot]`, which is all the kernel needs: it is computed once per
 //! call as a per-slot "document start" table.
+//!
+//! Key decisions: the forward op returns `(B, Hq, Tq, D + 1) = [O | lse]` (a candle
+//! `CustomOp` has one output) and the public function narrows it to `D`; the backward
+//! reads `O` and the log-sum-exp back from that saved output, so no `(Tq × Tk)`
+//! probability matrix outlives the forward. The backward runs its kernel directly on
+//! the saved tensors' storages and returns plain gradient tensors for q, k and v.
 
-use candle_core::{DType, Result, Tensor};
+mod backward;
+mod forward;
+mod tile;
+
+use crate::ops::cpu::{slice, unsupported, Real};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use std::sync::Arc;
 
 /// Additive score for a blocked (query, key) pair in the reference composition
 /// (finite, so `0 · mask` never makes NaN).
@@ -151,7 +164,128 @@ pub fn fused_attention(
     segments: Option<&Tensor>,
     softmax_scale: f64,
 ) -> Result<Tensor> {
-    reference_attention(q, k, v, segments, softmax_scale)
+    let dm = dims(q, k, v)?;
+    if !q.device().is_cpu()
+        || !matches!(q.dtype(), DType::F32 | DType::F64)
+        || dm.tq == 0
+        || dm.d == 0
+    {
+        return reference_attention(q, k, v, segments, softmax_scale);
+    }
+    let op = Attention {
+        dm,
+        starts: Arc::new(doc_starts(segments, dm.b, dm.tk)?),
+        scale: softmax_scale,
+    };
+    let packed = q
+        .contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?; // (B, Hq, Tq, D + 1)
+    packed.narrow(3, 0, dm.d) // (B, Hq, Tq, D)
+}
+
+/// The forward op `(q, k, v) → [O | lse]` (B, Hq, Tq, D + 1); its `bwd` runs the
+/// backward kernel.
+struct Attention {
+    dm: Dims,
+    /// Document start of every key slot (B·Tk), shared with the backward.
+    starts: Arc<Vec<usize>>,
+    scale: f64,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "smelt-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (dm, starts, scale) = (self.dm, self.starts.as_slice(), self.scale);
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(forward::forward::<f32>(
+                slice(s1, l1, name)?,
+                slice(s2, l2, name)?,
+                slice(s3, l3, name)?,
+                starts,
+                dm,
+                scale,
+            )),
+            DType::F64 => CpuStorage::F64(forward::forward::<f64>(
+                slice(s1, l1, name)?,
+                slice(s2, l2, name)?,
+                slice(s3, l3, name)?,
+                starts,
+                dm,
+                scale,
+            )),
+            d => return Err(unsupported(d, name)),
+        };
+        Ok((out, Shape::from((dm.b, dm.hq, dm.tq, dm.d + 1))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        packed: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?; // (B, Hq, Tq, D + 1)
+        let (dq, dk, dv) = match q.dtype() {
+            DType::F32 => self.grads::<f32>(q, k, v, packed, &grad)?,
+            DType::F64 => self.grads::<f64>(q, k, v, packed, &grad)?,
+            d => return Err(unsupported(d, self.name())),
+        };
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+impl Attention {
+    /// Runs the backward kernel on the CPU storages of the saved tensors.
+    fn grads<T: Real>(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        packed: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let name = "smelt-attention-bwd";
+        let (dq, dk, dv) = {
+            let guards = [q, k, v, packed, grad].map(|t| t.storage_and_layout());
+            let mut s: Vec<&[T]> = Vec::with_capacity(5);
+            for (storage, layout) in &guards {
+                match &**storage {
+                    Storage::Cpu(cpu) => s.push(slice(cpu, layout, name)?),
+                    _ => candle_core::bail!("{name}: tensors must be on the CPU"),
+                }
+            }
+            backward::backward(
+                s[0],
+                s[1],
+                s[2],
+                s[3],
+                s[4],
+                &self.starts,
+                self.dm,
+                self.scale,
+            )
+        };
+        let dev = q.device();
+        Ok((
+            Tensor::from_vec(dq, q.shape(), dev)?,
+            Tensor::from_vec(dk, k.shape(), dev)?,
+            Tensor::from_vec(dv, v.shape(), dev)?,
+        ))
+    }
 }
 
 /// The slow reference of [`fused_attention`] (same signature and semantics): repeats

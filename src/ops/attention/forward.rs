@@ -1,0 +1,79 @@
+//! Forward kernel: one rayon task per (row, query head, block of [`BLOCK_Q`] queries).
+//!
+//! Per task: `S = scale · Q_blk K[lo..hi]ᵀ` (BLOCK_Q × keys up to the causal limit,
+//! starting at the first query's document start), a masked row softmax, then
+//! `O_blk = P · V[lo..hi]`. The output is packed `(B, Hq, Tq, D + 1) = [O | lse]` so
+//! the backward can rebuild `P = exp(S − lse)` without a second softmax.
+
+use super::tile::{blocks, gemm, softmax_visible, Tile, View, BLOCK_Q};
+use super::Dims;
+use crate::ops::cpu::Real;
+use rayon::prelude::*;
+
+/// `[O | lse]` (B, Hq, Tq, D + 1) for contiguous `q` (B, Hq, Tq, D), `k`/`v`
+/// (B, Hkv, Tk, D); `starts` is the document-start table (B·Tk).
+pub(crate) fn forward<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    starts: &[usize],
+    dm: Dims,
+    scale: f64,
+) -> Vec<T> {
+    let Dims {
+        hq, hkv, tq, tk, d, ..
+    } = dm;
+    let w = d + 1; // packed output row
+    let mut out = vec![T::zero(); dm.b * hq * tq * w];
+    if out.is_empty() {
+        return out;
+    }
+    let scale = T::from_f64(scale);
+    let group = hq / hkv;
+    // tasks: (b·Hq + h, block) → its disjoint slice of output rows
+    let mut tasks: Vec<(usize, usize, &mut [T])> = Vec::new();
+    for (bh, head) in out.chunks_mut(tq * w).enumerate() {
+        for (blk, rows) in head.chunks_mut(BLOCK_Q * w).enumerate() {
+            tasks.push((bh, blk, rows));
+        }
+    }
+    debug_assert_eq!(tasks.len(), dm.b * hq * blocks(tq));
+    tasks
+        .into_par_iter()
+        .for_each_init(Vec::new, |scores, (bh, blk, o)| {
+            let (b, h) = (bh / hq, bh % hq);
+            let kv = b * hkv + h / group; // flat (b, kv head)
+            let tile = Tile::new(&dm, starts, b, blk);
+            let (m, n) = (tile.rows(), tile.cols());
+            let qb = &q[(bh * tq + tile.i0) * d..(bh * tq + tile.i1) * d]; // (m, D)
+            let kb = &k[(kv * tk + tile.lo) * d..(kv * tk + tile.hi) * d]; // (n, D)
+            let vb = &v[(kv * tk + tile.lo) * d..(kv * tk + tile.hi) * d]; // (n, D)
+            scores.clear();
+            scores.resize(m * n, T::zero());
+            // S = scale · Q Kᵀ  (m, n)
+            gemm(
+                (m, n, d),
+                scores,
+                n,
+                T::zero(),
+                View::rows(qb, d),
+                View::rows_t(kb, d),
+                scale,
+            );
+            for r in 0..m {
+                let vis = tile.visible(&dm, starts, b, r);
+                o[r * w + d] = softmax_visible(&mut scores[r * n..(r + 1) * n], vis);
+            }
+            // O = P V  (m, D), written into the packed rows (row stride D + 1)
+            gemm(
+                (m, d, n),
+                o,
+                w,
+                T::zero(),
+                View::rows(scores, n),
+                View::rows(vb, d),
+                T::one(),
+            );
+        });
+    out
+}
