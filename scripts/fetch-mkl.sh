@@ -16,10 +16,19 @@ OMP_VERSION="${SMELT_OMP_VERSION:-2026.2.0}"
 ROOT="${SMELT_MKL_CACHE:-${HOME}/.cache/smelt/mkl}"
 LIB="$ROOT/lib"
 STAMP="$LIB/.smelt-mkl-$MKL_VERSION-omp-$OMP_VERSION"
+# What smelt's loader requires (a partial set would make MKL exit the process).
+NEEDED="rt core intel_lp64 intel_thread def mc3 avx2 avx512 avx10"
+
+complete() {
+    [ -f "$STAMP" ] && [ -e "$LIB/libiomp5.so" ] || return 1
+    for n in $NEEDED; do
+        compgen -G "$LIB/libmkl_$n.so.*" >/dev/null || return 1
+    done
+}
 
 warn() { echo "fetch-mkl: $*; smelt will use its portable GEMM" >&2; exit 0; }
 
-if [ -f "$STAMP" ]; then
+if complete; then
     echo "$LIB"
     exit 0
 fi
@@ -46,14 +55,15 @@ if ! "$PY" -m pip download --quiet --no-deps --only-binary=:all: \
     warn "pip download of mkl==$MKL_VERSION / intel-openmp==$OMP_VERSION failed (offline?)"
 fi
 
-# Unpack only what cblas GEMMs need: the single dynamic runtime (mkl_rt), the core,
+# Unpack only what cblas GEMMs need: the single dynamic runtime (mkl_rt), the LP64
+# interface layer it loads, the core,
 # both threading layers, the per-ISA kernel libraries mkl_core dispatches to, and
 # libiomp5. Wheels are zip files with the libraries under `*.data/data/lib/`.
 "$PY" - "$WHEELS" "$LIB" <<'PYEOF' || warn "unpacking the wheels failed"
 import glob, os, re, sys, zipfile
 wheels, lib = sys.argv[1], sys.argv[2]
 keep = re.compile(
-    r"lib(mkl_(rt|core|intel_thread|sequential|def|mc3|avx2|avx512|avx10)\.so\.\d+|iomp5\.so)$"
+    r"lib(mkl_(rt|core|intel_lp64|intel_thread|sequential|def|mc3|avx2|avx512|avx10)\.so\.\d+|iomp5\.so)$"
 )
 found = 0
 for whl in sorted(glob.glob(os.path.join(wheels, "*.whl"))):
@@ -70,13 +80,10 @@ for whl in sorted(glob.glob(os.path.join(wheels, "*.whl"))):
                         dst.write(buf)
                 os.replace(tmp, os.path.join(lib, name))
                 found += 1
-if not any(n.startswith("libmkl_rt.so") for n in os.listdir(lib)) or "libiomp5.so" not in os.listdir(lib):
-    sys.exit("libmkl_rt or libiomp5 missing from the wheels")
 print(f"fetch-mkl: unpacked {found} libraries into {lib}", file=sys.stderr)
 PYEOF
-[ -e "$LIB/libiomp5.so" ] || exit 0
-
 # The wheels are only needed to unpack; keep the cache to the libraries.
 rm -rf "$WHEELS"
 touch "$STAMP"
+complete || warn "the wheels lack some of: libiomp5 libmkl_{${NEEDED// /,}}"
 echo "$LIB"

@@ -1,18 +1,506 @@
-//! Fused linear layer `y = x·Wᵀ (+ b)` with a hand-written backward on the GEMM API.
+//! Fused linear layer `y = x·Wᵀ (+ b)` with a hand-written backward on [`super::gemm`].
 //!
-//! First version: delegates to [`super::reference::linear`]; the GEMM-backed
-//! `CustomOp` replaces the body without changing the signature.
+//! Forward: one GEMM `y (N, out) = x (N, in) · W (out, in)ᵀ`, the bias pre-filled into
+//! `y` and accumulated by the GEMM (`beta = 1`). Backward, with no transposed copies
+//! (the GEMM reads `W` and `dy` transposed through its `Trans` flags):
+//! `dx (N, in) = dy · W`, `dW (out, in) = dyᵀ · x`, `db (out,) = 1ᵀ · dy` (column sums
+//! as a GEMV). The backward is one no-backward `CustomOp` whose output packs
+//! `[dx | dW | db]` into one buffer; the op keeps no state.
+//!
+//! Precision ([`Precision`]): under `Bf16Autocast` the GEMM *inputs* (x, W and dy) are
+//! rounded to bf16 on every call (nothing is cached: the weights change every step),
+//! and the products accumulate and come out in f32, as `torch.autocast` does on CPU;
+//! gradients stay f32. f64 inputs always run in f64 (that is the finite-difference
+//! check path). Half dtypes and non-CPU devices use [`super::reference::linear`].
 
+use super::cpu::{slice, unsupported};
+use super::gemm::{self, Threads, Trans};
 use super::precision::Precision;
-use candle_core::{Result, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-/// `x` (N, in) · `w` (out, in)ᵀ (+ `b` (out,)) → (N, out), at `precision`.
+/// `x` (..., in) · `w` (out, in)ᵀ (+ `b` (out,)) → (..., out), at `precision`.
+///
+/// The leading dimensions of `x` are flattened into rows (a view when `x` is
+/// contiguous). f32/f64 on the CPU run the fused kernel; other dtypes and devices use
+/// the reference composition.
 pub fn fused_linear(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     precision: Precision,
 ) -> Result<Tensor> {
-    let _ = precision;
-    super::reference::linear(x, w, b)
+    let (out_f, in_f) = w.dims2()?;
+    let dims = x.dims();
+    if dims.is_empty() || dims[dims.len() - 1] != in_f {
+        candle_core::bail!(
+            "fused_linear: x {:?} does not end in the weight's {in_f} input features (w {:?})",
+            dims,
+            w.dims()
+        );
+    }
+    if let Some(b) = b {
+        if b.dims() != [out_f] {
+            candle_core::bail!(
+                "fused_linear: bias {:?} does not match the weight's {out_f} outputs",
+                b.dims()
+            );
+        }
+    }
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("x has a last dim") = out_f;
+    let n = x.elem_count() / in_f.max(1);
+    let x2 = x.reshape((n, in_f))?; // (N, in)
+    let fused = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && w.dtype() == x.dtype()
+        && b.map_or(true, |b| b.dtype() == x.dtype());
+    let y = if !fused {
+        super::reference::linear(&x2, w, b)?
+    } else {
+        let op = Linear { precision };
+        match b {
+            None => x2.contiguous()?.apply_op2(&w.contiguous()?, op)?,
+            Some(b) => x2
+                .contiguous()?
+                .apply_op3(&w.contiguous()?, &b.contiguous()?, op)?,
+        }
+    }; // (N, out)
+    y.reshape(out_dims)
+}
+
+/// The forward op: `(x, w) → y` or `(x, w, b) → y`.
+#[derive(Debug, Clone, Copy)]
+struct Linear {
+    precision: Precision,
+}
+
+/// The backward op: `(x, w, dy) → [dx | dW | db]` (`db` only when `bias`).
+#[derive(Debug, Clone, Copy)]
+struct LinearBwd {
+    precision: Precision,
+    bias: bool,
+}
+
+/// Sizes of one call: rows, input and output features.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    n: usize,
+    inp: usize,
+    out: usize,
+}
+
+impl Dims {
+    fn of(x: &Layout, w: &Layout, op: &str) -> Result<Self> {
+        let (n, inp) = x.shape().dims2()?;
+        let (out, win) = w.shape().dims2()?;
+        if win != inp {
+            candle_core::bail!("{op}: x (.., {inp}) and w (.., {win}) disagree");
+        }
+        Ok(Self { n, inp, out })
+    }
+}
+
+/// The f32 forward: `y = x·Wᵀ + b`.
+fn forward_f32(x: &[f32], w: &[f32], b: Option<&[f32]>, d: Dims, p: Precision) -> Result<Vec<f32>> {
+    let (mut y, beta) = match b {
+        Some(b) => (b.repeat(d.n), 1.0), // (N, out), every row = b
+        None => (vec![0f32; d.n * d.out], 0.0),
+    };
+    match p {
+        Precision::F32 => gemm::sgemm(
+            Trans::No,
+            Trans::Yes,
+            d.n,
+            d.out,
+            d.inp,
+            1.0,
+            x,
+            d.inp,
+            w,
+            d.inp,
+            beta,
+            &mut y,
+            d.out,
+            Threads::All,
+        )?,
+        Precision::Bf16Autocast => gemm::gemm_bf16_f32(
+            Trans::No,
+            Trans::Yes,
+            d.n,
+            d.out,
+            d.inp,
+            1.0,
+            &gemm::to_bf16(x),
+            d.inp,
+            &gemm::to_bf16(w),
+            d.inp,
+            beta,
+            &mut y,
+            d.out,
+            Threads::All,
+        )?,
+    }
+    Ok(y)
+}
+
+/// The f64 forward (always full precision).
+fn forward_f64(x: &[f64], w: &[f64], b: Option<&[f64]>, d: Dims) -> Result<Vec<f64>> {
+    let (mut y, beta) = match b {
+        Some(b) => (b.repeat(d.n), 1.0),
+        None => (vec![0f64; d.n * d.out], 0.0),
+    };
+    gemm::dgemm(
+        Trans::No,
+        Trans::Yes,
+        d.n,
+        d.out,
+        d.inp,
+        1.0,
+        x,
+        d.inp,
+        w,
+        d.inp,
+        beta,
+        &mut y,
+        d.out,
+        Threads::All,
+    )?;
+    Ok(y)
+}
+
+/// Splits the packed gradient buffer into `(dx, dW, db)`.
+fn split_grads<T>(g: &mut [T], d: Dims) -> (&mut [T], &mut [T], &mut [T]) {
+    let (dx, rest) = g.split_at_mut(d.n * d.inp);
+    let (dw, db) = rest.split_at_mut(d.out * d.inp);
+    (dx, dw, db)
+}
+
+/// The f32 backward into a packed `[dx | dW | db]` buffer.
+fn backward_f32(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    d: Dims,
+    p: Precision,
+    bias: bool,
+) -> Result<Vec<f32>> {
+    let nb = if bias { d.out } else { 0 };
+    let mut g = vec![0f32; d.n * d.inp + d.out * d.inp + nb];
+    let (dx, dw, db) = split_grads(&mut g, d);
+    match p {
+        Precision::F32 => {
+            // dx (N, in) = dy (N, out) · W (out, in)
+            gemm::sgemm(
+                Trans::No,
+                Trans::No,
+                d.n,
+                d.inp,
+                d.out,
+                1.0,
+                dy,
+                d.out,
+                w,
+                d.inp,
+                0.0,
+                dx,
+                d.inp,
+                Threads::All,
+            )?;
+            // dW (out, in) = dyᵀ (out, N) · x (N, in)
+            gemm::sgemm(
+                Trans::Yes,
+                Trans::No,
+                d.out,
+                d.inp,
+                d.n,
+                1.0,
+                dy,
+                d.out,
+                x,
+                d.inp,
+                0.0,
+                dw,
+                d.inp,
+                Threads::All,
+            )?;
+        }
+        Precision::Bf16Autocast => {
+            let dy_h = gemm::to_bf16(dy);
+            let w_h = gemm::to_bf16(w);
+            gemm::gemm_bf16_f32(
+                Trans::No,
+                Trans::No,
+                d.n,
+                d.inp,
+                d.out,
+                1.0,
+                &dy_h,
+                d.out,
+                &w_h,
+                d.inp,
+                0.0,
+                dx,
+                d.inp,
+                Threads::All,
+            )?;
+            drop(w_h);
+            let x_h = gemm::to_bf16(x);
+            gemm::gemm_bf16_f32(
+                Trans::Yes,
+                Trans::No,
+                d.out,
+                d.inp,
+                d.n,
+                1.0,
+                &dy_h,
+                d.out,
+                &x_h,
+                d.inp,
+                0.0,
+                dw,
+                d.inp,
+                Threads::All,
+            )?;
+        }
+    }
+    if bias {
+        // db (1, out) = 1ᵀ (1, N) · dy (N, out), in f32 whatever the GEMM precision
+        let ones = vec![1f32; d.n];
+        gemm::sgemm(
+            Trans::No,
+            Trans::No,
+            1,
+            d.out,
+            d.n,
+            1.0,
+            &ones,
+            d.n,
+            dy,
+            d.out,
+            0.0,
+            db,
+            d.out,
+            Threads::All,
+        )?;
+    }
+    Ok(g)
+}
+
+/// The f64 backward into a packed `[dx | dW | db]` buffer.
+fn backward_f64(x: &[f64], w: &[f64], dy: &[f64], d: Dims, bias: bool) -> Result<Vec<f64>> {
+    let nb = if bias { d.out } else { 0 };
+    let mut g = vec![0f64; d.n * d.inp + d.out * d.inp + nb];
+    let (dx, dw, db) = split_grads(&mut g, d);
+    gemm::dgemm(
+        Trans::No,
+        Trans::No,
+        d.n,
+        d.inp,
+        d.out,
+        1.0,
+        dy,
+        d.out,
+        w,
+        d.inp,
+        0.0,
+        dx,
+        d.inp,
+        Threads::All,
+    )?;
+    gemm::dgemm(
+        Trans::Yes,
+        Trans::No,
+        d.out,
+        d.inp,
+        d.n,
+        1.0,
+        dy,
+        d.out,
+        x,
+        d.inp,
+        0.0,
+        dw,
+        d.inp,
+        Threads::All,
+    )?;
+    if bias {
+        let ones = vec![1f64; d.n];
+        gemm::dgemm(
+            Trans::No,
+            Trans::No,
+            1,
+            d.out,
+            d.n,
+            1.0,
+            &ones,
+            d.n,
+            dy,
+            d.out,
+            0.0,
+            db,
+            d.out,
+            Threads::All,
+        )?;
+    }
+    Ok(g)
+}
+
+impl Linear {
+    /// Forward on raw storages; `b` is the optional bias.
+    fn fwd(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ws, wl): (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = "smelt-linear";
+        let d = Dims::of(xl, wl, name)?;
+        let out = match xs.dtype() {
+            DType::F32 => {
+                let b = b.map(|(s, l)| slice::<f32>(s, l, name)).transpose()?;
+                CpuStorage::F32(forward_f32(
+                    slice(xs, xl, name)?,
+                    slice(ws, wl, name)?,
+                    b,
+                    d,
+                    self.precision,
+                )?)
+            }
+            DType::F64 => {
+                let b = b.map(|(s, l)| slice::<f64>(s, l, name)).transpose()?;
+                CpuStorage::F64(forward_f64(
+                    slice(xs, xl, name)?,
+                    slice(ws, wl, name)?,
+                    b,
+                    d,
+                )?)
+            }
+            dt => return Err(unsupported(dt, name)),
+        };
+        Ok((out, Shape::from((d.n, d.out))))
+    }
+
+    /// Gradients of `(x, w[, b])` from the packed backward op.
+    fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor, bias: bool) -> Result<Vec<Tensor>> {
+        let (n, inp) = x.dims2()?;
+        let (out, _) = w.dims2()?;
+        let bwd = LinearBwd {
+            precision: self.precision,
+            bias,
+        };
+        let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &bwd)?; // (N·in + out·in [+ out],)
+        let mut grads = vec![
+            packed.narrow(0, 0, n * inp)?.reshape((n, inp))?,
+            packed.narrow(0, n * inp, out * inp)?.reshape((out, inp))?,
+        ];
+        if bias {
+            grads.push(packed.narrow(0, n * inp + out * inp, out)?);
+        }
+        Ok(grads)
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "smelt-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.grads(x, w, dy, false)?.into_iter();
+        Ok((g.next(), g.next()))
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "smelt-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.grads(x, w, dy, true)?.into_iter();
+        Ok((g.next(), g.next(), g.next()))
+    }
+}
+
+impl CustomOp3 for LinearBwd {
+    fn name(&self) -> &'static str {
+        "smelt-linear-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let d = Dims::of(l1, l2, name)?;
+        if l3.shape().dims() != [d.n, d.out] {
+            candle_core::bail!(
+                "{name}: dy {:?} is not ({}, {})",
+                l3.shape().dims(),
+                d.n,
+                d.out
+            );
+        }
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(backward_f32(
+                slice(s1, l1, name)?,
+                slice(s2, l2, name)?,
+                slice(s3, l3, name)?,
+                d,
+                self.precision,
+                self.bias,
+            )?),
+            DType::F64 => CpuStorage::F64(backward_f64(
+                slice(s1, l1, name)?,
+                slice(s2, l2, name)?,
+                slice(s3, l3, name)?,
+                d,
+                self.bias,
+            )?),
+            dt => return Err(unsupported(dt, name)),
+        };
+        let len = d.n * d.inp + d.out * d.inp + if self.bias { d.out } else { 0 };
+        Ok((out, Shape::from(len)))
+    }
 }

@@ -29,6 +29,21 @@ const CBLAS_TRANS: c_int = 112;
 const MKL_THREADING_INTEL: c_int = 0;
 const MKL_INTERFACE_LP64: c_int = 0;
 
+/// The `libmkl_<name>.so.*` that `libmkl_rt` opens for CBLAS with Intel threading:
+/// the core, the threading layer, every per-ISA kernel library the core may pick at
+/// run time and the LP64 interface, in an order where each finds the symbols it
+/// needs already loaded (`scripts/fetch-mkl.sh` unpacks these).
+const REQUIRED: [&str; 8] = [
+    "core",
+    "intel_thread",
+    "def",
+    "mc3",
+    "avx2",
+    "avx512",
+    "avx10",
+    "intel_lp64",
+];
+
 type SgemmFn = unsafe extern "C" fn(
     c_int,
     c_int,
@@ -203,14 +218,17 @@ impl Mkl {
     /// while its OpenMP team lives is unsafe).
     pub(super) fn load_from(dir: &Path) -> Result<Mkl, String> {
         cpu_ok()?;
-        let rt = find_lib(dir, "libmkl_rt.so")
-            .ok_or_else(|| format!("no libmkl_rt.so* in {}", dir.display()))?;
-        let iomp = find_lib(dir, "libiomp5.so")
-            .ok_or_else(|| format!("no libiomp5.so in {} (from intel-openmp)", dir.display()))?;
-        let core = find_lib(dir, "libmkl_core.so")
-            .ok_or_else(|| format!("no libmkl_core.so* in {}", dir.display()))?;
-        let thread = find_lib(dir, "libmkl_intel_thread.so")
-            .ok_or_else(|| format!("no libmkl_intel_thread.so* in {}", dir.display()))?;
+        // MKL calls `exit` when a library it needs is missing, so check the whole set
+        // before opening any of it
+        let lib = |name: &str| {
+            find_lib(dir, name).ok_or_else(|| format!("no {name}* in {}", dir.display()))
+        };
+        let iomp = lib("libiomp5.so")?;
+        let rt = lib("libmkl_rt.so")?;
+        let mut deps = Vec::new();
+        for name in REQUIRED {
+            deps.push(lib(&format!("libmkl_{name}.so"))?);
+        }
 
         let mut libs = Vec::new();
         let omp = open_global(&iomp)?;
@@ -222,13 +240,8 @@ impl Mkl {
             }
         }
         libs.push(omp);
-        libs.push(open_global(&core)?);
-        libs.push(open_global(&thread)?);
-        // the per-ISA kernels mkl_core picks from at run time
-        for isa in ["def", "mc3", "avx2", "avx512", "avx10"] {
-            if let Some(p) = find_lib(dir, &format!("libmkl_{isa}.so")) {
-                libs.push(open_global(&p)?);
-            }
+        for dep in &deps {
+            libs.push(open_global(dep)?);
         }
         let rt_lib = open_global(&rt)?;
 
