@@ -7,16 +7,15 @@
 //! `dP = dO Vᵀ`, `dS = P ∘ (dP − rowsum(dO ∘ O))`, `dQ = scale · dS K`,
 //! `dK += scale · dSᵀ Q`. Nothing `(Tq × Tk)`-sized is ever held.
 
-use super::tile::{blocks, gemm, probs_from_lse, Tile, View};
+use super::tile::{blocks, gemm, probs_from_lse, scratch, Float, Tile, View};
 use super::Dims;
-use crate::ops::cpu::Real;
 use rayon::prelude::*;
 
 /// Gradients `(dq, dk, dv)` with the shapes of `q`, `k`, `v`, from contiguous inputs,
 /// the packed forward output `packed` = `[O | lse]` (B, Hq, Tq, D + 1) and the upstream
 /// gradient `grad` of the same packed shape (its lse column is ignored).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward<T: Real>(
+pub(crate) fn backward<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
@@ -58,10 +57,7 @@ pub(crate) fn backward<T: Real>(
                         let keys = (kv * tk + tile.lo) * d..(kv * tk + tile.hi) * d;
                         let (kb, vb) = (&k[keys.clone()], &v[keys]); // (n, D)
                         let (lo, hi) = (tile.lo * d, tile.hi * d);
-                        p.clear();
-                        p.resize(m * n, T::zero());
-                        ds.clear();
-                        ds.resize(m * n, T::zero());
+                        let (p, ds) = (scratch(p, m * n), scratch(ds, m * n));
                         // P = exp(scale · Q Kᵀ − lse)  (m, n)
                         gemm(
                             (m, n, d),

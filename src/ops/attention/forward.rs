@@ -5,14 +5,13 @@
 //! `O_blk = P · V[lo..hi]`. The output is packed `(B, Hq, Tq, D + 1) = [O | lse]` so
 //! the backward can rebuild `P = exp(S − lse)` without a second softmax.
 
-use super::tile::{blocks, gemm, softmax_visible, Tile, View, BLOCK_Q};
+use super::tile::{blocks, gemm, scratch, softmax_visible, Float, Tile, View, BLOCK_Q};
 use super::Dims;
-use crate::ops::cpu::Real;
 use rayon::prelude::*;
 
 /// `[O | lse]` (B, Hq, Tq, D + 1) for contiguous `q` (B, Hq, Tq, D), `k`/`v`
 /// (B, Hkv, Tk, D); `starts` is the document-start table (B·Tk).
-pub(crate) fn forward<T: Real>(
+pub(crate) fn forward<T: Float>(
     q: &[T],
     k: &[T],
     v: &[T],
@@ -48,8 +47,7 @@ pub(crate) fn forward<T: Real>(
             let qb = &q[(bh * tq + tile.i0) * d..(bh * tq + tile.i1) * d]; // (m, D)
             let kb = &k[(kv * tk + tile.lo) * d..(kv * tk + tile.hi) * d]; // (n, D)
             let vb = &v[(kv * tk + tile.lo) * d..(kv * tk + tile.hi) * d]; // (n, D)
-            scores.clear();
-            scores.resize(m * n, T::zero());
+            let scores = scratch(scores, m * n);
             // S = scale · Q Kᵀ  (m, n)
             gemm(
                 (m, n, d),

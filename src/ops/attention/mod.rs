@@ -22,7 +22,7 @@ mod backward;
 mod forward;
 mod tile;
 
-use crate::ops::cpu::{slice, unsupported, Real};
+use crate::ops::cpu::{slice, unsupported};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use std::sync::Arc;
@@ -250,7 +250,7 @@ impl CustomOp3 for Attention {
 
 impl Attention {
     /// Runs the backward kernel on the CPU storages of the saved tensors.
-    fn grads<T: Real>(
+    fn grads<T: tile::Float>(
         &self,
         q: &Tensor,
         k: &Tensor,

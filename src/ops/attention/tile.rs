@@ -148,6 +148,15 @@ impl Tile {
     }
 }
 
+/// The first `len` elements of the scratch `buf`, grown as needed (old contents stay:
+/// every caller overwrites the tile before reading it).
+pub(crate) fn scratch<T: Real>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    if buf.len() < len {
+        buf.resize(len, T::zero());
+    }
+    &mut buf[..len]
+}
+
 /// Number of query blocks per (row, head).
 pub(crate) fn blocks(tq: usize) -> usize {
     tq.div_ceil(BLOCK_Q)
@@ -158,20 +167,109 @@ pub(crate) fn ln<T: Real>(x: T) -> T {
     T::from_f64(x.to_f64().ln())
 }
 
-/// Softmax of `row[a..z]` in place, zeroing the rest; returns the log-sum-exp of the
-/// visible scores.
-pub(crate) fn softmax_visible<T: Real>(row: &mut [T], (a, z): (usize, usize)) -> T {
-    let mut max = row[a];
-    for &s in &row[a + 1..z] {
-        if s > max {
-            max = s;
+/// Float types the attention kernels run in: [`Real`] plus a fast shifted `exp` over
+/// a row (the softmax's hot loop).
+pub(crate) trait Float: Real {
+    /// `row[j] = exp(row[j] − shift)` for every `j`; returns `Σ row[j]` afterwards.
+    fn exp_shifted(row: &mut [Self], shift: Self) -> Self;
+
+    /// `max(row)` (`row` non-empty).
+    fn max_of(row: &[Self]) -> Self {
+        row.iter()
+            .copied()
+            .fold(row[0], |m, x| if x > m { x } else { m })
+    }
+}
+
+impl Float for f64 {
+    fn exp_shifted(row: &mut [f64], shift: f64) -> f64 {
+        let mut sum = 0.0;
+        for s in row {
+            *s = (*s - shift).exp();
+            sum += *s;
+        }
+        sum
+    }
+}
+
+impl Float for f32 {
+    fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { exp_shifted_avx2(row, shift) };
+        }
+        exp_shifted_f32(row, shift)
+    }
+
+    fn max_of(row: &[f32]) -> f32 {
+        let mut lanes = [row[0]; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for i in 0..8 {
+                lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+            }
+        }
+        let tail = chunks.remainder();
+        let m = lanes.iter().chain(tail).copied();
+        m.fold(row[0], |m, x| if x > m { x } else { m })
+    }
+}
+
+/// [`exp_shifted_f32`] compiled for AVX2 + FMA (8 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_avx2(row: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_f32(row, shift)
+}
+
+/// Branch-free body of [`Float::exp_shifted`] for f32, written so it vectorises: eight
+/// independent partial sums and [`exp_f32`] per lane.
+#[inline(always)]
+fn exp_shifted_f32(row: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            let e = exp_f32(c[i] - shift);
+            c[i] = e;
+            acc[i] += e;
         }
     }
-    let mut sum = T::zero();
-    for s in &mut row[a..z] {
-        *s = (*s - max).exp();
+    let mut sum = 0f32;
+    for s in chunks.into_remainder() {
+        *s = exp_f32(*s - shift);
         sum += *s;
     }
+    sum + acc.iter().sum::<f32>()
+}
+
+/// `exp(x)` in f32 within ~2 ulp (Cephes `expf`): `x = n·ln2 + r`, a degree-6
+/// polynomial in `r`, and `2ⁿ` built in the exponent bits. Inputs below −87 return
+/// `exp(−87)` ≈ 1.6e-38 (never a denormal); the kernels only feed it `x ≤ 0`.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC; // round(x / ln 2)
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4; // x − n·ln 2 (two-part ln 2)
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    let pow2 = ((t.to_bits() as i32 - 0x4B40_0000 + 127) << 23) as u32; // 2ⁿ
+    e * f32::from_bits(pow2)
+}
+
+/// Softmax of `row[a..z]` in place, zeroing the rest; returns the log-sum-exp of the
+/// visible scores.
+pub(crate) fn softmax_visible<T: Float>(row: &mut [T], (a, z): (usize, usize)) -> T {
+    let max = T::max_of(&row[a..z]);
+    let sum = T::exp_shifted(&mut row[a..z], max);
     let inv = T::one() / sum;
     for s in &mut row[a..z] {
         *s *= inv;
@@ -182,10 +280,34 @@ pub(crate) fn softmax_visible<T: Real>(row: &mut [T], (a, z): (usize, usize)) ->
 }
 
 /// `row[a..z] = exp(row[a..z] − lse)` (the saved softmax), zeroing the rest.
-pub(crate) fn probs_from_lse<T: Real>(row: &mut [T], (a, z): (usize, usize), lse: T) {
-    for s in &mut row[a..z] {
-        *s = (*s - lse).exp();
-    }
+pub(crate) fn probs_from_lse<T: Float>(row: &mut [T], (a, z): (usize, usize), lse: T) {
+    T::exp_shifted(&mut row[a..z], lse);
     row[..a].fill(T::zero());
     row[z..].fill(T::zero());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_within_a_few_ulp_of_libm() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 88.0 * i as f32 / 200_000.0; // [-87, 1]
+            let (got, want) = (exp_f32(x) as f64, (x as f64).exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 4.0 * f32::EPSILON as f64, "worst rel err {worst:e}");
+        // the row form (both the AVX2 and the portable body) agrees with the scalar one
+        let mut row: Vec<f32> = (0..37).map(|i| -0.37 * i as f32).collect();
+        let want: Vec<f32> = row.iter().map(|&x| exp_f32(x - 0.5)).collect();
+        let sum = f32::exp_shifted(&mut row, 0.5);
+        assert_eq!(row, want);
+        assert!((sum - want.iter().sum::<f32>()).abs() < 1e-5);
+        assert_eq!(
+            f32::max_of(&[1.0, -3.0, 7.5, 2.0, 0.0, 7.0, 1.0, 1.0, 1.0, 9.0]),
+            9.0
+        );
+    }
 }
