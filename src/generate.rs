@@ -3,7 +3,8 @@
 //! This is the generation the CLI and tests use. It prefills the prompt in one
 //! `decode` call, then feeds one token at a time. Sampling applies temperature, then
 //! top-k, then top-p (nucleus) to the distribution, with a seeded RNG so a
-//! generation is reproducible. The batched, continuously-batched sampler that also
+//! generation is reproducible. The KV cache is allocated once for prompt +
+//! `max_new_tokens`, and only the last position's logits are computed. The batched, continuously-batched sampler that also
 //! returns behaviour log-probabilities for RL lives in `smelt-rollouts`.
 
 use crate::error::{Error, Result};
@@ -73,13 +74,16 @@ pub fn generate(
     }
     validate(config)?;
     let device = model.device();
-    let mut cache = KvCache::new(model.config().num_hidden_layers);
+    // sized for the whole generation: the cache never re-allocates
+    let mut cache = KvCache::with_capacity(
+        model.config().num_hidden_layers,
+        prompt.len() + config.max_new_tokens,
+    );
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut tokens = Vec::new();
     let mut input = Tensor::new(prompt, device)?.unsqueeze(0)?; // (1, T_prompt)
     for _ in 0..config.max_new_tokens {
-        let logits = model.decode(&input, &mut cache)?; // (1, T, V)
-        let last = logits.squeeze(0)?.get(input.dim(1)? - 1)?; // (V,)
+        let last = model.decode_last(&input, &mut cache)?.squeeze(0)?; // (V,): lm_head on the last position only
         let next = pick(&last, config, &mut rng)?;
         tokens.push(next);
         on_token(next)?;

@@ -5,6 +5,10 @@
 //! token's position + 1 (so a row whose positions are `0 1 2 0 1 0 1 2 3` holds three
 //! documents). Token `i` may attend to token `j` iff `j <= i` and both lie in the same
 //! document: no information crosses a document boundary.
+//!
+//! Two encodings of the same rule: the reference path adds an explicit `(B, 1, Tq, Tk)`
+//! mask to the scores; the fused path hands [`crate::ops::fused_attention`] one
+//! document id per key slot (`segments`, `(B, Tk)`) and never builds a mask tensor.
 
 use candle_core::{Device, Result, Tensor};
 
@@ -28,6 +32,34 @@ pub fn document_ids(positions: &[Vec<u32>]) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
+}
+
+/// Segment ids `(B, T)` for packed rows ([`document_ids`]), or `None` when no row
+/// holds more than one document (plain causal attention needs no segments).
+pub fn packed_segments(positions: &[Vec<u32>], device: &Device) -> Result<Option<Tensor>> {
+    let docs = document_ids(positions);
+    if docs.iter().all(|row| row.last().copied().unwrap_or(0) == 0) {
+        return Ok(None);
+    }
+    Tensor::new(docs, device).map(Some)
+}
+
+/// Segment ids `(B, T_total)` for left-padded decoding: row `r`'s first `left_pad[r]`
+/// slots are segment 0 (padding, attended only by padding queries, whose outputs are
+/// never used) and the rest segment 1. `None` when no row is padded.
+pub fn left_padded_segments(
+    left_pad: &[usize],
+    total: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    if left_pad.iter().all(|&p| p == 0) {
+        return Ok(None);
+    }
+    let rows: Vec<Vec<u32>> = left_pad
+        .iter()
+        .map(|&pad| (0..total).map(|j| u32::from(j >= pad)).collect())
+        .collect();
+    Tensor::new(rows, device).map(Some)
 }
 
 /// Additive mask `(B, 1, T, T)` (0 = attend, [`MASKED`] = blocked) for packed rows,
@@ -136,6 +168,19 @@ mod tests {
         let m: Vec<Vec<f32>> = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
         assert_eq!(m[0], vec![0.0, 0.0, 0.0, MASKED]);
         assert_eq!(m[1], vec![0.0; 4]);
+    }
+
+    #[test]
+    fn segments_follow_documents_and_padding() {
+        let dev = Device::Cpu;
+        assert!(packed_segments(&[vec![0, 1, 2]], &dev).unwrap().is_none());
+        let s = packed_segments(&[vec![0, 1, 0], vec![0, 1, 2]], &dev)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.to_vec2::<u32>().unwrap(), vec![vec![0, 0, 1], vec![0, 0, 0]]);
+        assert!(left_padded_segments(&[0, 0], 3, &dev).unwrap().is_none());
+        let s = left_padded_segments(&[0, 2], 3, &dev).unwrap().unwrap();
+        assert_eq!(s.to_vec2::<u32>().unwrap(), vec![vec![1, 1, 1], vec![0, 0, 1]]);
     }
 
     #[test]

@@ -7,43 +7,37 @@
 //!   only from ops with a backward (see [`crate::ops`]);
 //! - [`Model::decode`] for generation: the caller owns the [`KvCache`].
 //!
-//! Both run the same per-layer code ([`Model::hidden_states`]), so they agree to
-//! float rounding. The architecture variants (SmolLM3 NoPE layers, Qwen2 q/k/v bias,
-//! Qwen3 q/k norm) are flags on [`ModelConfig`], not separate model types.
+//! Both run the same per-layer code ([`layer`]), so they agree to float rounding.
+//! The architecture variants (SmolLM3 NoPE layers, Qwen2 q/k/v bias, Qwen3 q/k norm)
+//! are flags on [`ModelConfig`], not separate model types.
+//!
+//! Every op runs either the fused kernels ([`Kernels::Fused`], the default) or the
+//! slow reference compositions ([`Kernels::Reference`]) — [`Model::set_kernels`] —
+//! and the linear layers run at [`Model::set_precision`] (f32, or bf16 autocast:
+//! bf16 GEMM inputs, f32 accumulation; norms, softmax and the loss stay f32 as
+//! `torch.autocast` keeps them). Generation reads logits only where it needs them:
+//! [`Model::decode_last`] applies the `lm_head` to the last position of each row.
 
 pub mod config;
 mod kv_cache;
+mod layer;
 pub mod mask;
 pub mod params;
 pub mod rope;
 
 pub use config::{ModelConfig, ModelType, RopeScaling};
 pub use kv_cache::KvCache;
+pub use layer::Kernels;
 pub use params::{param_specs, Init, ParamSpec};
 
 use crate::error::{Error, Result};
-use crate::ops;
+use crate::ops::{self, Precision};
 use candle_core::{DType, Device, Tensor, Var};
+use layer::{Layer, LayerSpec, Visibility};
 use params::LayerNames;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// The tensors of one decoder layer (handles into the model's `Var`s).
-#[derive(Debug, Clone)]
-struct Layer {
-    input_norm: Tensor,
-    q: (Tensor, Option<Tensor>),
-    k: (Tensor, Option<Tensor>),
-    v: (Tensor, Option<Tensor>),
-    o: (Tensor, Option<Tensor>),
-    qk_norm: Option<(Tensor, Tensor)>,
-    post_norm: Tensor,
-    gate: (Tensor, Option<Tensor>),
-    up: (Tensor, Option<Tensor>),
-    down: (Tensor, Option<Tensor>),
-    use_rope: bool,
-}
 
 /// A Llama-family decoder with trainable parameters.
 #[derive(Debug, Clone)]
@@ -57,6 +51,8 @@ pub struct Model {
     final_norm: Tensor,
     lm_head: Tensor,
     inv_freq: Vec<f32>,
+    kernels: Kernels,
+    precision: Precision,
 }
 
 impl Model {
@@ -184,6 +180,8 @@ impl Model {
         };
         Ok(Model {
             inv_freq: rope::inv_freq(&config),
+            kernels: Kernels::default(),
+            precision: Precision::default(),
             final_norm: get("model.norm.weight")?,
             embed,
             lm_head,
@@ -245,6 +243,39 @@ impl Model {
         &self.lm_head
     }
 
+    /// Which kernels the forward runs.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Selects the fused kernels (default) or the slow reference compositions.
+    /// Parameters are shared, so a clone with other kernels computes the same function.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// Precision of the linear layers.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision of every linear layer (`lm_head` included): f32 (default) or
+    /// bf16 autocast. Weights, norms, softmax and losses stay f32.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    fn spec(&self) -> LayerSpec {
+        LayerSpec {
+            heads: self.config.num_attention_heads,
+            kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+            eps: self.config.rms_norm_eps,
+            kernels: self.kernels,
+            precision: self.precision,
+        }
+    }
+
     /// Training forward: logits `(B, T, V)` at every position of `input_ids` `(B, T)`.
     ///
     /// `position_ids` `(B, T)` restart at each packed document; attention never crosses
@@ -275,27 +306,29 @@ impl Model {
             }
             None => vec![(0..t as u32).collect(); b],
         };
-        let mask = mask::packed_causal(&positions, &self.device)?;
-        self.hidden_states(input_ids, &positions, Some(&mask), None)
+        let visibility = match self.kernels {
+            Kernels::Reference => {
+                Visibility::Mask(Some(mask::packed_causal(&positions, &self.device)?))
+            }
+            Kernels::Fused => {
+                Visibility::Segments(mask::packed_segments(&positions, &self.device)?)
+            }
+        };
+        self.hidden_states(input_ids, &positions, &visibility, None)
     }
 
     /// Generation step: logits `(B, T_new, V)` for `input_ids` `(B, T_new)` appended
     /// after the tokens already in `cache` (which is extended in place).
     pub fn decode(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        if cache.num_layers() != self.layers.len() {
-            return Err(Error::Invalid(format!(
-                "KvCache has {} layers, model has {}",
-                cache.num_layers(),
-                self.layers.len()
-            )));
-        }
-        let (b, t_new) = input_ids.dims2()?;
-        let past = cache.len();
-        let positions = vec![(past as u32..(past + t_new) as u32).collect::<Vec<_>>(); b];
-        let mask = mask::decode_causal(past, t_new, &self.device)?;
-        let hidden = self.hidden_states(input_ids, &positions, mask.as_ref(), Some(cache))?;
-        cache.advance(t_new);
+        let hidden = self.decode_hidden(input_ids, None, cache)?; // (B, T_new, H)
         self.logits(&hidden)
+    }
+
+    /// Like [`Model::decode`] but only the logits of each row's last position `(B, V)`:
+    /// the `lm_head` runs on B rows instead of B·T_new (what generation needs).
+    pub fn decode_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.decode_hidden(input_ids, None, cache)?; // (B, T_new, H)
+        self.last_logits(&hidden)
     }
 
     /// Batched generation step for rows of different lengths: like [`Model::decode`],
@@ -309,6 +342,29 @@ impl Model {
         left_pad: &[usize],
         cache: &mut KvCache,
     ) -> Result<Tensor> {
+        let hidden = self.decode_hidden(input_ids, Some(left_pad), cache)?; // (B, T_new, H)
+        self.logits(&hidden)
+    }
+
+    /// [`Model::decode_left_padded`] returning only each row's last logits `(B, V)`.
+    pub fn decode_left_padded_last(
+        &self,
+        input_ids: &Tensor,
+        left_pad: &[usize],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = self.decode_hidden(input_ids, Some(left_pad), cache)?; // (B, T_new, H)
+        self.last_logits(&hidden)
+    }
+
+    /// The shared decode step: final hidden states `(B, T_new, H)`; `left_pad` = `None`
+    /// for rows without padding.
+    fn decode_hidden(
+        &self,
+        input_ids: &Tensor,
+        left_pad: Option<&[usize]>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         if cache.num_layers() != self.layers.len() {
             return Err(Error::Invalid(format!(
                 "KvCache has {} layers, model has {}",
@@ -318,24 +374,31 @@ impl Model {
         }
         let (b, t_new) = input_ids.dims2()?;
         let past = cache.len();
-        if left_pad.len() != b {
-            return Err(Error::Invalid(format!(
-                "decode_left_padded: {} paddings for a batch of {b}",
-                left_pad.len()
-            )));
-        }
         if cache.batch_size().is_some_and(|cb| cb != b) {
             return Err(Error::Invalid(format!(
-                "decode_left_padded: cache holds {:?} rows, input has {b}",
+                "decode: cache holds {:?} rows, input has {b}",
                 cache.batch_size()
             )));
         }
-        if let Some(&p) = left_pad.iter().find(|&&p| p >= past + t_new) {
-            return Err(Error::Invalid(format!(
-                "decode_left_padded: padding {p} leaves no real token in {} slots",
-                past + t_new
-            )));
-        }
+        let no_pad = vec![0; b];
+        let left_pad = match left_pad {
+            None => no_pad.as_slice(),
+            Some(pads) => {
+                if pads.len() != b {
+                    return Err(Error::Invalid(format!(
+                        "decode_left_padded: {} paddings for a batch of {b}",
+                        pads.len()
+                    )));
+                }
+                if let Some(&p) = pads.iter().find(|&&p| p >= past + t_new) {
+                    return Err(Error::Invalid(format!(
+                        "decode_left_padded: padding {p} leaves no real token in {} slots",
+                        past + t_new
+                    )));
+                }
+                pads
+            }
+        };
         let positions: Vec<Vec<u32>> = left_pad
             .iter()
             .map(|&pad| {
@@ -344,17 +407,59 @@ impl Model {
                     .collect()
             })
             .collect();
-        let mask = mask::decode_left_padded(left_pad, past, t_new, &self.device)?;
-        let hidden = self.hidden_states(input_ids, &positions, mask.as_ref(), Some(cache))?;
+        let visibility = match self.kernels {
+            Kernels::Reference => Visibility::Mask(mask::decode_left_padded(
+                left_pad,
+                past,
+                t_new,
+                &self.device,
+            )?),
+            Kernels::Fused => Visibility::Segments(mask::left_padded_segments(
+                left_pad,
+                past + t_new,
+                &self.device,
+            )?),
+        };
+        cache.reserve(t_new)?;
+        let hidden = self.hidden_states(input_ids, &positions, &visibility, Some(cache))?;
         cache.advance(t_new);
-        self.logits(&hidden)
+        Ok(hidden)
     }
 
     /// `lm_head` applied to hidden states `(B, T, H)` → logits `(B, T, V)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let (b, t, h) = hidden.dims3()?;
-        let logits = ops::linear(&hidden.reshape((b * t, h))?, &self.lm_head, None)?; // (B*T, V)
+        let head = (self.lm_head.clone(), None);
+        let logits = self.spec().linear(&hidden.reshape((b * t, h))?, &head)?; // (B*T, V)
         Ok(logits.reshape((b, t, self.config.vocab_size))?)
+    }
+
+    /// `lm_head` applied to the last position of each row of `hidden` `(B, T, H)` → `(B, V)`.
+    pub fn last_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (_, t, _) = hidden.dims3()?;
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?; // (B, H)
+        self.spec().linear(&last, &(self.lm_head.clone(), None)) // (B, V)
+    }
+
+    /// Per-token cross-entropy of `labels` `(N,)` (negative = ignored) under the
+    /// `lm_head` applied to `hidden` `(N, H)`: `nll` `(N,)` (differentiable; per-token
+    /// log-probs are `-nll`), the count of labels and of argmax hits.
+    ///
+    /// Fused kernels: [`ops::linear_cross_entropy`] (vocabulary chunks, the `(N, V)`
+    /// logits never exist; always f32). Reference: explicit logits, log-softmax, gather.
+    pub fn token_nll(&self, hidden: &Tensor, labels: &Tensor) -> Result<ops::LinearCrossEntropy> {
+        match self.kernels {
+            Kernels::Fused => Ok(ops::linear_cross_entropy(
+                hidden,
+                &self.lm_head,
+                labels,
+                ops::DEFAULT_VOCAB_CHUNK,
+            )?),
+            Kernels::Reference => {
+                let logits = self.spec().linear(hidden, &(self.lm_head.clone(), None))?; // (N, V)
+                Ok(reference_token_nll(&logits, labels)?)
+            }
+        }
     }
 
     /// The shared layer stack: final normed hidden states `(B, T, H)`.
@@ -362,7 +467,7 @@ impl Model {
         &self,
         input_ids: &Tensor,
         positions: &[Vec<u32>],
-        mask: Option<&Tensor>,
+        visibility: &Visibility,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
@@ -375,94 +480,45 @@ impl Model {
                 self.config.vocab_size
             )));
         }
+        let spec = self.spec();
         let (cos, sin) = rope::tables(&self.inv_freq, positions, &self.device)?; // (B, 1, T, D)
+        let (cos, sin) = match self.kernels {
+            Kernels::Reference => (cos, sin),
+            Kernels::Fused => {
+                let d = self.config.head_dim;
+                (cos.reshape((b * t, 1, 1, d))?, sin.reshape((b * t, 1, 1, d))?) // one row per token
+            }
+        };
         let mut x = self.embed.index_select(&ids, 0)?.reshape((b, t, h))?; // (B, T, H)
         for (i, layer) in self.layers.iter().enumerate() {
             let rope = layer.use_rope.then_some((&cos, &sin));
-            x = self.layer_forward(layer, i, &x, rope, mask, cache.as_deref_mut())?;
+            x = spec.forward(layer, i, &x, rope, visibility, cache.as_deref_mut())?;
         }
-        Ok(ops::rms_norm(
-            &x,
-            &self.final_norm,
-            self.config.rms_norm_eps,
-        )?)
-    }
-
-    /// One pre-norm decoder layer on `x` `(B, T, H)`.
-    fn layer_forward(
-        &self,
-        layer: &Layer,
-        index: usize,
-        x: &Tensor,
-        rope: Option<(&Tensor, &Tensor)>,
-        mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, t, h) = x.dims3()?;
-        let (nq, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let eps = c.rms_norm_eps;
-
-        let normed = ops::rms_norm(x, &layer.input_norm, eps)?.reshape((b * t, h))?; // (B*T, H)
-        let heads = |p: &(Tensor, Option<Tensor>), n: usize| -> candle_core::Result<Tensor> {
-            ops::linear(&normed, &p.0, p.1.as_ref())? // (B*T, n*D)
-                .reshape((b, t, n, d))?
-                .transpose(1, 2)? // (B, n, T, D)
-                .contiguous()
-        };
-        let (mut q, mut k, v) = (
-            heads(&layer.q, nq)?,
-            heads(&layer.k, nkv)?,
-            heads(&layer.v, nkv)?,
-        );
-        if let Some((qn, kn)) = &layer.qk_norm {
-            q = ops::rms_norm(&q, qn, eps)?;
-            k = ops::rms_norm(&k, kn, eps)?;
-        }
-        if let Some((cos, sin)) = rope {
-            q = ops::apply_rope(&q, cos, sin)?;
-            k = ops::apply_rope(&k, cos, sin)?;
-        }
-        let (k, v) = match cache {
-            Some(cache) => cache.append(index, k, v)?, // (B, KV, T_total, D)
-            None => (k, v),
-        };
-        let k = repeat_kv(&k, nq / nkv)?; // (B, nq, Tk, D)
-        let v = repeat_kv(&v, nq / nkv)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?; // (B, nq, T, Tk)
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = ops::softmax_last_dim(&scores)?;
-        let attn = probs
-            .matmul(&v)? // (B, nq, T, D)
-            .transpose(1, 2)? // (B, T, nq, D)
-            .reshape((b * t, nq * d))?;
-        let attn = ops::linear(&attn, &layer.o.0, layer.o.1.as_ref())?.reshape((b, t, h))?;
-        let x = (x + attn)?;
-
-        let normed = ops::rms_norm(&x, &layer.post_norm, eps)?.reshape((b * t, h))?;
-        let gate = ops::linear(&normed, &layer.gate.0, layer.gate.1.as_ref())?; // (B*T, I)
-        let up = ops::linear(&normed, &layer.up.0, layer.up.1.as_ref())?;
-        let mlp = ops::linear(
-            &ops::swiglu(&gate, &up)?,
-            &layer.down.0,
-            layer.down.1.as_ref(),
-        )?;
-        Ok((x + mlp.reshape((b, t, h))?)?)
+        spec.rms_norm(&x, &self.final_norm)
     }
 }
 
-/// Repeats each key/value head `groups` times: `(B, KV, T, D)` → `(B, KV*groups, T, D)`.
-fn repeat_kv(x: &Tensor, groups: usize) -> candle_core::Result<Tensor> {
-    if groups == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .expand((b, kv, groups, t, d))?
-        .reshape((b, kv * groups, t, d))
+/// Per-token NLL from explicit logits `(N, V)` (the reference of
+/// [`ops::linear_cross_entropy`]): `lse − logit[label]`, 0 where the label is ignored.
+fn reference_token_nll(logits: &Tensor, labels: &Tensor) -> candle_core::Result<ops::LinearCrossEntropy> {
+    let labels = labels.to_dtype(DType::I64)?;
+    let mask = labels.ge(0i64)?; // (N,)
+    let safe = mask
+        .where_cond(&labels, &labels.zeros_like()?)?
+        .to_dtype(DType::U32)?; // (N,)
+    let max = logits.max_keepdim(1)?.detach(); // (N, 1), constant for stability
+    let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?; // (N, 1)
+    let picked = logits.gather(&safe.unsqueeze(1)?, 1)?; // (N, 1)
+    let maskf = mask.to_dtype(logits.dtype())?; // (N,)
+    let nll = ((lse - picked)?.squeeze(1)? * &maskf)?; // (N,)
+    let hits = logits.argmax(1)?.eq(&safe)?.to_dtype(logits.dtype())?; // (N,)
+    let count = maskf.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let correct = (hits * &maskf)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok(ops::LinearCrossEntropy {
+        nll,
+        count,
+        correct,
+    })
 }
 
 /// One N(0, 1) draw (Box–Muller), so initialisation depends only on the seed.

@@ -5,6 +5,8 @@
 //! pipeline (`labels[t]` is the token that should follow `input_ids[t]`; positions not
 //! trained carry [`IGNORE_INDEX`]). The loss is the cross-entropy summed over labelled
 //! tokens; the loop divides by the token count of the whole accumulated batch.
+//! The loss goes through [`Model::token_nll`] (the fused chunked `lm_head` +
+//! cross-entropy on the fused kernels), so the `(tokens, V)` logits never exist.
 
 use super::algorithm::{Algorithm, LossOutput, Metrics};
 use crate::error::{Error, Result};
@@ -80,11 +82,12 @@ impl Algorithm for NextTokenLoss {
     }
 
     fn loss(&mut self, model: &Model, batch: &TokenBatch) -> Result<LossOutput> {
-        let logits = model.forward(&batch.input_ids, batch.position_ids.as_ref())?; // (B, T, V)
-        let (b, t, v) = logits.dims3()?;
+        let hidden = model.forward_hidden(&batch.input_ids, batch.position_ids.as_ref())?; // (B, T, H)
+        let (b, t, h) = hidden.dims3()?;
         let labels = batch.labels.reshape(b * t)?; // (B*T,)
-        let (loss_sum, count, correct) =
-            crate::ops::cross_entropy_sum(&logits.reshape((b * t, v))?, &labels)?;
+        // lm_head + cross-entropy fused: the (B*T, V) logits are never materialised
+        let ce = model.token_nll(&hidden.reshape((b * t, h))?, &labels)?;
+        let (loss_sum, count, correct) = (ce.nll.sum_all()?, ce.count, ce.correct);
         let mut metrics = Metrics::new();
         metrics.add("token_accuracy", correct, count);
         metrics.add("trained_tokens", count, 1.0);

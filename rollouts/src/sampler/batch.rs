@@ -8,7 +8,7 @@
 use super::processors::{choose, Choice};
 use super::{request_seed, Completion, Request, Sampler};
 use crate::rollout::FinishReason;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
 use smelt::{KvCache, Result};
 
@@ -89,13 +89,13 @@ pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Compl
             let Some((index, request)) = queue.next() else {
                 break;
             };
-            let mut own = KvCache::new(num_layers);
+            let mut own = KvCache::with_capacity(
+                num_layers,
+                request.prompt_ids.len() + request.params.max_new_tokens,
+            );
             let input = Tensor::new(request.prompt_ids.as_slice(), device)?.unsqueeze(0)?; // (1, T)
-            let logits = model.decode(&input, &mut own)?; // (1, T, V)
-            let last: Vec<f32> = logits
-                .squeeze(0)?
-                .get(request.prompt_ids.len() - 1)?
-                .to_vec1()?;
+            // logits of the last prompt position only
+            let last: Vec<f32> = model.decode_last(&input, &mut own)?.squeeze(0)?.to_vec1()?; // (V,)
             let mut row = Row {
                 index,
                 rng: StdRng::seed_from_u64(request_seed(request.params.seed, request.id)),
@@ -131,8 +131,8 @@ pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Compl
             .collect();
         let pads: Vec<usize> = rows.iter().map(|r| c.len() - r.len).collect();
         let input = Tensor::new(inputs.as_slice(), device)?.unsqueeze(1)?; // (B, 1)
-        let logits = model.decode_left_padded(&input, &pads, c)?; // (B, 1, V)
-        let logits: Vec<Vec<f32>> = logits.squeeze(D::Minus2)?.to_vec2()?; // (B, V)
+        let logits = model.decode_left_padded_last(&input, &pads, c)?; // (B, V)
+        let logits: Vec<Vec<f32>> = logits.to_vec2()?; // (B, V)
         let mut keep = Vec::with_capacity(rows.len());
         for (i, (row, row_logits)) in rows.iter_mut().zip(&logits).enumerate() {
             row.len += 1;

@@ -8,7 +8,10 @@
 //!   `Model::decode_left_padded`, which masks each row's padding and numbers positions
 //!   from the row's first real token. Finished rows leave (`KvCache::select_rows`) and
 //!   queued requests take their place (continuous batching); padding every row shares
-//!   is trimmed, so the cache is as long as the longest live row.
+//!   is trimmed, so the cache is as long as the longest live row. Each cache is
+//!   preallocated for prompt + `max_new_tokens` and written in place; only the last
+//!   position's logits are computed (`Model::decode_last`,
+//!   `Model::decode_left_padded_last`) and each row's `(V,)` logits are read once.
 //! - **Per-request RNG** seeded from `(params.seed, request id)`, one draw per token,
 //!   and host-side filtering one row at a time ([`processors`]): a request's output does
 //!   not depend on which other requests share its batch (up to float rounding of the
