@@ -4,6 +4,7 @@
 //! default with its unit and source, so a recipe states only what differs.
 
 use crate::error::{Error, Result};
+use crate::ops::Precision;
 use crate::optim::{AdamWConfig, Schedule};
 use crate::telemetry::ThroughputConfig;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,20 @@ pub struct TrainConfig {
     pub plots: bool,
     /// Stop after this many optimizer steps in *this* process (testing resume; 0 = no limit).
     pub stop_after_steps: u64,
+    /// Precision of the model's linear layers: `"f32"` (default) or `"bf16-autocast"`
+    /// (bf16 GEMM inputs, f32 accumulation; weights, optimizer state and gradients stay
+    /// f32, as `torch.autocast`). The trainer sets it on the model it is given.
+    #[serde(deserialize_with = "deserialize_precision")]
+    pub precision: Precision,
+}
+
+/// Reads `precision` from its name; an unknown name is an error naming the key.
+fn deserialize_precision<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Precision, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse()
+        .map_err(|e| serde::de::Error::custom(format!("`precision`: {e}")))
 }
 
 impl Default for TrainConfig {
@@ -72,6 +87,7 @@ impl Default for TrainConfig {
             peak_flops: 0.0,
             plots: true,
             stop_after_steps: 0,
+            precision: Precision::F32,
         }
     }
 }
@@ -160,5 +176,44 @@ impl SpikeGuardConfig {
             return bad("lr_backoff_factor", "must be in (0, 1]");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// A recipe with a `[train]` table, as the algorithm recipes nest it.
+    #[derive(Debug, Deserialize)]
+    struct Recipe {
+        train: TrainConfig,
+    }
+
+    #[test]
+    fn precision_key_reads_both_names_and_defaults_to_f32() {
+        let parse =
+            |text: &str| crate::recipe::parse_recipe::<Recipe>(text, Path::new("r.toml"), &[]);
+        assert_eq!(parse("[train]\n").unwrap().train.precision, Precision::F32);
+        let r = parse("[train]\nprecision = \"bf16-autocast\"\n").unwrap();
+        assert_eq!(r.train.precision, Precision::Bf16Autocast);
+        let r = parse("[train]\nprecision = \"f32\"\n").unwrap();
+        assert_eq!(r.train.precision, Precision::F32);
+    }
+
+    #[test]
+    fn unknown_precision_is_an_error_naming_the_key() {
+        let err = crate::recipe::parse_recipe::<Recipe>(
+            "[train]\nprecision = \"bf16\"\n",
+            Path::new("r.toml"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`precision`") && err.contains("bf16-autocast"),
+            "{err}"
+        );
+        assert!(err.contains("r.toml"), "{err}");
     }
 }

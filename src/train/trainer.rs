@@ -69,13 +69,17 @@ struct StepResult {
 
 impl<A: Algorithm> Trainer<A> {
     /// A trainer for `model` with `algorithm`; the tokenizer (if any) is saved in checkpoints.
+    /// The model runs at `config.precision` from here on, and the process flushes
+    /// subnormal floats to zero (they only slow the GEMMs down).
     pub fn new(
-        model: Model,
+        mut model: Model,
         tokenizer: Option<Tokenizer>,
         algorithm: A,
         config: TrainConfig,
     ) -> Result<Self> {
         config.validate()?;
+        model.set_precision(config.precision);
+        crate::ops::gemm::flush_denormals_to_zero();
         let optimizer = AdamW::new(model.vars(), config.optimizer.clone())?;
         let state = TrainerState {
             lr_scale: 1.0,

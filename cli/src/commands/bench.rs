@@ -16,6 +16,7 @@
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, D};
 use smelt::checkpoint;
+use smelt::ops::Precision;
 use smelt::optim::{AdamW, AdamWConfig};
 use smelt::telemetry::peak_rss_mb;
 use smelt::{KvCache, Model};
@@ -62,9 +63,10 @@ pub struct BenchArgs {
     /// Seed of the splitmix64 token stream.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
-    /// Compute dtype; only `f32` is implemented so far.
+    /// Compute precision of the linear layers: `f32`, or `bf16-autocast` (f32 master
+    /// weights and optimizer, bf16 GEMM inputs with f32 accumulation, as `torch.autocast`).
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: Precision,
     /// Compute the loss through the slow composed ops (full logits) instead of the fused kernel.
     #[arg(long)]
     pub reference_ops: bool,
@@ -81,8 +83,11 @@ pub fn workload_tokens(batch: usize, seq: usize, vocab: usize, seed: u64) -> Vec
 
 /// Runs the workload and prints its JSON line.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.dtype != "f32" {
-        bail!("--dtype {}: only f32 is implemented", args.dtype);
+    // subnormals only slow the kernels down; PyTorch's CPU autocast flushes them too
+    smelt::ops::gemm::flush_denormals_to_zero();
+    eprintln!("smelt bench: gemm backend {}", smelt::ops::gemm::backend_report());
+    if args.dtype != Precision::F32 && args.workload != Workload::TrainStep {
+        bail!("--dtype {}: only train-step takes a precision other than f32", args.dtype);
     }
     if matches!(args.workload, Workload::Sft | Workload::Dpo) {
         let json = super::bench_posttrain::run(&args, args.workload == Workload::Dpo)?;
@@ -90,9 +95,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let dev = Device::Cpu;
-    let model = checkpoint::load_gguf(&args.gguf, &dev, false)
+    let mut model = checkpoint::load_gguf(&args.gguf, &dev, false)
         .with_context(|| format!("loading {}", args.gguf.display()))?
         .model;
+    model.set_precision(args.dtype);
+    if args.reference_ops {
+        model.set_kernels(smelt::model::Kernels::Reference); // the whole model, not only the loss
+    }
     let json = match args.workload {
         Workload::TrainStep => train_step(&model, &args)?,
         Workload::Generate => generate(&model, &args)?,
@@ -168,12 +177,13 @@ fn train_step(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value>
     };
     let med = median(steady);
     Ok(serde_json::json!({
-        "workload": "train-step", "impl": "smelt", "dtype": a.dtype,
+        "workload": "train-step", "impl": "smelt", "dtype": a.dtype.to_string(),
         "ops": if a.reference_ops { "reference" } else { "fused" },
         "batch": a.batch, "seq": a.seq, "steps": a.steps,
         "step_s_median": med, "tokens_per_s": (a.batch * a.seq) as f64 / med,
         "loss_first": losses[0], "losses": losses, "peak_rss_mb": peak_rss_mb(),
         "threads": candle_core::utils::get_num_threads(),
+        "gemm": smelt::ops::gemm::backend_name(),
     }))
 }
 
@@ -184,12 +194,12 @@ fn generate(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let ids = workload_tokens(a.batch, a.prompt_len, model.config().vocab_size, a.seed);
     let prompt = Tensor::from_vec(ids, (a.batch, a.prompt_len), model.device())?;
     let greedy = |prompt: &Tensor, n: usize| -> anyhow::Result<usize> {
-        let mut cache = KvCache::new(model.config().num_hidden_layers);
-        let mut logits = model.decode(prompt, &mut cache)?; // (B, T, V)
+        let mut cache =
+            KvCache::with_capacity(model.config().num_hidden_layers, prompt.dim(1)? + n + 1);
+        let mut last = model.decode_last(prompt, &mut cache)?; // (B, V)
         for _ in 0..n {
-            let last = logits.narrow(1, logits.dim(1)? - 1, 1)?; // (B, 1, V)
-            let next = last.argmax(D::Minus1)?; // (B, 1)
-            logits = model.decode(&next, &mut cache)?;
+            let next = last.argmax_keepdim(D::Minus1)?; // (B, 1)
+            last = model.decode_last(&next, &mut cache)?;
         }
         Ok(n)
     };
