@@ -693,3 +693,55 @@ fn gemm_throughput() {
         }
     }
 }
+
+/// How much subnormal values slow a GEMM down, and what FTZ/DAZ buys back: one
+/// single-threaded `(256, 576) · (576, 576)` per backend on values whose products are
+/// subnormal (~1e-40), before and after `flush_denormals_to_zero`. A measurement:
+/// `cargo test --release -p smelt --test ops_linear denormal_gemm_cost -- --ignored --nocapture --exact`.
+#[test]
+#[ignore]
+fn denormal_gemm_cost() {
+    let (m, n, k) = (256, 576, 576);
+    let tiny = |seed| {
+        rand_f32(m.max(n) * k, seed)
+            .into_iter()
+            .map(|v| v * 1e-20)
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (tiny(1), tiny(2));
+    let normal = |seed| rand_f32(m.max(n) * k, seed);
+    let (an, bn) = (normal(3), normal(4));
+    let mut c = vec![0f32; m * n];
+    let mut run = |backend: Backend, a: &[f32], b: &[f32]| {
+        let t = std::time::Instant::now();
+        for _ in 0..3 {
+            backend
+                .sgemm(
+                    Trans::No,
+                    Trans::Yes,
+                    (m, n, k),
+                    1.0,
+                    (a, k),
+                    (b, k),
+                    0.0,
+                    (&mut c, n),
+                    Threads::Single,
+                )
+                .unwrap();
+        }
+        t.elapsed().as_secs_f64() / 3.0 * 1e3
+    };
+    let backends = gemm::available_backends();
+    let before: Vec<(f64, f64)> = backends
+        .iter()
+        .map(|&bk| (run(bk, &an, &bn), run(bk, &a, &b)))
+        .collect();
+    assert!(gemm::flush_denormals_to_zero() || !cfg!(target_arch = "x86_64"));
+    for (bk, (normal_ms, sub_ms)) in backends.iter().zip(before) {
+        let ftz_ms = run(*bk, &a, &b);
+        println!(
+            "{:8} normal {normal_ms:7.1} ms | subnormal products {sub_ms:7.1} ms | with FTZ/DAZ {ftz_ms:7.1} ms",
+            bk.name()
+        );
+    }
+}
