@@ -23,6 +23,8 @@ const HKV: usize = 3;
 const HEAD: usize = 64;
 const MLP: usize = 1536;
 const VOCAB: usize = 49_152;
+/// Tokens of the long-context attention benches (batch 1).
+const LONG: usize = 2048;
 /// Tokens of the linear + cross-entropy benches (one row: the full batch would take
 /// seconds per sample).
 const LCE_TOKENS: usize = 256;
@@ -108,6 +110,31 @@ mod attention {
     #[divan::bench]
     fn reference_backward(b: Bencher) {
         backward(b, &qkv(), &reference);
+    }
+
+    /// One row of 2048 tokens (long context); the reference's backward is left out
+    /// (seconds per sample: it keeps (9, 2048, 2048) scores and probabilities).
+    fn long() -> Vec<Tensor> {
+        vec![
+            rand_t(&[1, HQ, LONG, HEAD], 1, 1.0),
+            rand_t(&[1, HKV, LONG, HEAD], 2, 1.0),
+            rand_t(&[1, HKV, LONG, HEAD], 3, 1.0),
+        ]
+    }
+
+    #[divan::bench]
+    fn fused_forward_t2048(b: Bencher) {
+        forward(b, &long(), &fused);
+    }
+
+    #[divan::bench]
+    fn reference_forward_t2048(b: Bencher) {
+        forward(b, &long(), &reference);
+    }
+
+    #[divan::bench]
+    fn fused_backward_t2048(b: Bencher) {
+        backward(b, &long(), &fused);
     }
 
     /// Four packed documents per row (per-document masking on the fused path).

@@ -157,6 +157,7 @@ fn fused_matches_reference_on_random_shapes() {
             reference_attention(&a[0], &a[1], &a[2], seg.as_ref(), scale)
         });
         assert_eq!(yf.dims(), [c.b, c.hq, c.tq, c.d], "{what}: output shape");
+        assert!(yf.is_contiguous(), "{what}: fused output is a strided view");
         let e = rel_err(&yf, &yr);
         assert!(e <= 1e-5, "{what}: forward rel err {e:e}");
         for (i, (a, b)) in gf.iter().zip(&gr).enumerate() {

@@ -12,10 +12,11 @@
 //! `[doc_start(slot), slot]`, which is all the kernel needs: it is computed once per
 //! call as a per-slot "document start" table.
 //!
-//! Key decisions: the forward op returns `(B, Hq, Tq, D + 1) = [O | lse]` (a candle
-//! `CustomOp` has one output) and the public function narrows it to `D`; the backward
-//! reads `O` and the log-sum-exp back from that saved output, so no `(Tq × Tk)`
-//! probability matrix outlives the forward. The backward runs its kernel directly on
+//! Key decisions: the forward op returns one flat buffer `[O (B·Hq·Tq·D) | lse
+//! (B·Hq·Tq)]` (a candle `CustomOp` has one output) and the public function narrows it
+//! to the `O` prefix, a free and contiguous view; the backward reads `O` and the
+//! log-sum-exp back from that saved output, so no `(Tq × Tk)` probability matrix
+//! outlives the forward. The backward runs its kernel directly on
 //! the saved tensors' storages and returns plain gradient tensors for q, k and v.
 
 mod backward;
@@ -179,11 +180,12 @@ pub fn fused_attention(
     };
     let packed = q
         .contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?; // (B, Hq, Tq, D + 1)
-    packed.narrow(3, 0, dm.d) // (B, Hq, Tq, D)
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?; // (B·Hq·Tq·(D + 1),)
+    let n = dm.b * dm.hq * dm.tq * dm.d;
+    packed.narrow(0, 0, n)?.reshape((dm.b, dm.hq, dm.tq, dm.d)) // (B, Hq, Tq, D), contiguous
 }
 
-/// The forward op `(q, k, v) → [O | lse]` (B, Hq, Tq, D + 1); its `bwd` runs the
+/// The forward op `(q, k, v) → [O | lse]` (flat, B·Hq·Tq·(D + 1)); its `bwd` runs the
 /// backward kernel.
 struct Attention {
     dm: Dims,
@@ -227,7 +229,7 @@ impl CustomOp3 for Attention {
             )),
             d => return Err(unsupported(d, name)),
         };
-        Ok((out, Shape::from((dm.b, dm.hq, dm.tq, dm.d + 1))))
+        Ok((out, Shape::from(dm.b * dm.hq * dm.tq * (dm.d + 1))))
     }
 
     fn bwd(
@@ -238,7 +240,7 @@ impl CustomOp3 for Attention {
         packed: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?; // (B, Hq, Tq, D + 1)
+        let grad = grad.contiguous()?; // (B·Hq·Tq·(D + 1),); the lse part is ignored
         let (dq, dk, dv) = match q.dtype() {
             DType::F32 => self.grads::<f32>(q, k, v, packed, &grad)?,
             DType::F64 => self.grads::<f64>(q, k, v, packed, &grad)?,
@@ -268,16 +270,18 @@ impl Attention {
                     _ => candle_core::bail!("{name}: tensors must be on the CPU"),
                 }
             }
-            backward::backward(
-                s[0],
-                s[1],
-                s[2],
-                s[3],
-                s[4],
-                &self.starts,
-                self.dm,
-                self.scale,
-            )
+            let n = s[0].len(); // B·Hq·Tq·D
+            backward::backward(&backward::Saved {
+                q: s[0],
+                k: s[1],
+                v: s[2],
+                o: &s[3][..n],
+                lse: &s[3][n..],
+                grad: &s[4][..n],
+                starts: &self.starts,
+                dm: self.dm,
+                scale: T::from_f64(self.scale),
+            })
         };
         let dev = q.device();
         Ok((
