@@ -30,7 +30,10 @@ pub mod loss;
 pub mod reference;
 pub mod source;
 
-pub use collate::{collate, sequence_logps, token_logps, CollateOptions, PairBatch, SequenceLogps};
+pub use collate::{
+    collate, sequence_logps, sequence_logps_fused, token_logps, token_logps_fused,
+    CollateOptions, PairBatch, SequenceLogps,
+};
 pub use config::{DpoConfig, TruncationMode, DPO_LEARNING_RATE};
 pub use loss::{DpoLoss, DpoLossType, LossParams, PairLogps, PairLosses, RunningMean};
 pub use reference::Reference;
@@ -105,8 +108,8 @@ impl Algorithm for Dpo {
 
     fn loss(&mut self, model: &Model, batch: &PairBatch) -> Result<LossOutput> {
         let b = batch.pairs();
-        let logits = model.forward(&batch.input_ids, None)?; // (2B, T, V)
-        let seq = sequence_logps(&logits, batch)?; // (2B,) each
+        let hidden = model.forward_hidden(&batch.input_ids, None)?; // (2B, T, H)
+        let seq = sequence_logps_fused(model, &hidden, batch)?; // (2B,) each, no (2B, T, V) logits
         let (ref_chosen, ref_rejected) = self.reference.logps(batch)?; // (B,), (B,)
         let dtype = seq.logps.dtype();
         let half = |t: &Tensor, i: usize| t.narrow(0, i * b, b); // (B,)

@@ -6,11 +6,17 @@
 //! the whole batch gives both halves' log-probs, so the policy runs once per
 //! micro-batch. Right padding never changes the real tokens' logits: attention is
 //! causal and padding only follows them.
+//!
+//! Two routes to the same sequence log-probs: [`sequence_logps`] from explicit logits,
+//! and [`sequence_logps_fused`] from the final hidden states through
+//! [`Model::token_nll`] (the chunked `lm_head` + cross-entropy: the `(2B·T, V)`
+//! logits are never materialised). The latter is what the trainer runs; the vocabulary
+//! mean logit (TRL's `logits/*` metric) is `h · mean_v(W_v)`, exact without logits.
 
 use super::config::TruncationMode;
 use candle_core::{DType, Device, Tensor, D};
 use smelt::data::PreferenceExample;
-use smelt::{Error, Result};
+use smelt::{Error, Model, Result};
 
 /// How examples are cut and padded.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +147,26 @@ pub fn token_logps(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     Ok((picked - lse)?.squeeze(2)?) // (N, T)
 }
 
+/// [`token_logps`] of `logits / temperature` without the logits: final hidden states
+/// `hidden` `(N, T, H)` through [`Model::token_nll`] (`(h / T)·Wᵀ = (h·Wᵀ) / T`, the
+/// `lm_head` has no bias). `targets` (N, T) → log-probs (N, T).
+pub fn token_logps_fused(
+    model: &Model,
+    hidden: &Tensor,
+    targets: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    let (n, t, h) = hidden.dims3()?;
+    let hidden = if temperature == 1.0 {
+        hidden.clone()
+    } else {
+        (hidden / temperature)?
+    };
+    let labels = targets.to_dtype(DType::I64)?.flatten_all()?; // (N*T,)
+    let ce = model.token_nll(&hidden.reshape((n * t, h))?, &labels)?;
+    Ok(ce.nll.neg()?.reshape((n, t))?) // (N, T)
+}
+
 /// Per-row numbers of a concatenated forward.
 #[derive(Debug, Clone)]
 pub struct SequenceLogps {
@@ -171,6 +197,40 @@ pub fn sequence_logps(logits: &Tensor, batch: &PairBatch) -> Result<SequenceLogp
     let mean_logits_sum = (mean_logit * &mask)?.sum(1)?; // (2B,)
     let tokens = mask.sum(1)?; // (2B,)
     debug_assert_eq!(logps.dims(), [n]);
+    Ok(SequenceLogps {
+        logps,
+        tokens,
+        mean_logits_sum,
+    })
+}
+
+/// [`sequence_logps`] without the logits: the policy's final hidden states
+/// `hidden` `(2B, T, H)` (from [`Model::forward_hidden`]) go through
+/// [`Model::token_nll`] with non-completion targets ignored.
+pub fn sequence_logps_fused(
+    model: &Model,
+    hidden: &Tensor,
+    batch: &PairBatch,
+) -> Result<SequenceLogps> {
+    let (n, t, h) = hidden.dims3()?;
+    let next = batch.input_ids.narrow(1, 1, t - 1)?.to_dtype(DType::I64)?; // (2B, T-1)
+    let mask = batch.completion_mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?; // (2B, T-1)
+    let ignored = Tensor::full(smelt::ops::IGNORE_INDEX, (n, t - 1), next.device())?;
+    let labels = mask.gt(0f32)?.where_cond(&next, &ignored)?; // (2B, T-1)
+    // the last position predicts nothing
+    let labels = Tensor::cat(&[&labels, &ignored.narrow(1, 0, 1)?], 1)?.flatten_all()?; // (2B*T,)
+    let flat = hidden.reshape((n * t, h))?; // (2B*T, H)
+    let ce = model.token_nll(&flat, &labels)?; // nll (2B*T,), 0 where ignored
+    let logps = ce.nll.reshape((n, t))?.sum(1)?.neg()?; // (2B,)
+    let mask = Tensor::cat(&[&mask, &mask.narrow(1, 0, 1)?.zeros_like()?], 1)?; // (2B, T)
+    let w_mean = model.lm_head_weight().detach().mean(0)?; // (H,)
+    let mean_logit = hidden
+        .detach()
+        .broadcast_mul(&w_mean.to_dtype(hidden.dtype())?)?
+        .sum(D::Minus1)?
+        .to_dtype(DType::F32)?; // (2B, T)
+    let mean_logits_sum = (mean_logit * &mask)?.sum(1)?; // (2B,)
+    let tokens = mask.sum(1)?; // (2B,)
     Ok(SequenceLogps {
         logps,
         tokens,
@@ -295,5 +355,32 @@ mod tests {
         assert_eq!(out.tokens.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
         let mean0: f64 = data[4..8].iter().sum::<f64>() / 4.0; // row 0, position 1
         assert!((out.mean_logits_sum.to_vec1::<f32>().unwrap()[0] as f64 - mean0).abs() < 1e-6);
+    }
+
+    /// The fused route equals the explicit-logits route on a tiny model.
+    #[test]
+    fn fused_sequence_logps_equal_the_logits_route() {
+        let config = smelt::ModelConfig::tiny(smelt::ModelType::Llama, 11);
+        let model = Model::new_random(config, &Device::Cpu, 3).unwrap();
+        let (e1, e2) = (ex(&[1, 2], &[3, 4, 5], &[6]), ex(&[7], &[8], &[9, 10, 2]));
+        let batch = collate(
+            &[(0, &e1), (1, &e2)],
+            &opts(None, TruncationMode::KeepStart),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let hidden = model.forward_hidden(&batch.input_ids, None).unwrap();
+        let fused = sequence_logps_fused(&model, &hidden, &batch).unwrap();
+        let explicit = sequence_logps(&model.logits(&hidden).unwrap(), &batch).unwrap();
+        for (a, b) in [
+            (&fused.logps, &explicit.logps),
+            (&fused.tokens, &explicit.tokens),
+            (&fused.mean_logits_sum, &explicit.mean_logits_sum),
+        ] {
+            let (a, b) = (a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{a:?} vs {b:?}");
+            }
+        }
     }
 }

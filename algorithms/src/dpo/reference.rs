@@ -7,7 +7,7 @@
 //! two numbers per example, so no reference model is in memory while training. Both
 //! feed the loss the same values (to float rounding of different padding).
 
-use super::collate::{collate, sequence_logps, PairBatch};
+use super::collate::{collate, sequence_logps_fused, PairBatch};
 use super::source::PreferenceSource;
 use candle_core::Tensor;
 use smelt::data::PreferenceExample;
@@ -101,8 +101,8 @@ impl Reference {
 
 /// One concatenated forward → summed completion log-probs of the chosen and rejected halves.
 fn forward_logps(model: &Model, batch: &PairBatch) -> Result<(Tensor, Tensor)> {
-    let logits = model.forward(&batch.input_ids, None)?; // (2B, T, V)
-    let seq = sequence_logps(&logits, batch)?;
+    let hidden = model.forward_hidden(&batch.input_ids, None)?; // (2B, T, H)
+    let seq = sequence_logps_fused(model, &hidden, batch)?;
     let b = batch.pairs();
     let logps = seq.logps.detach().to_dtype(candle_core::DType::F32)?; // (2B,)
     debug_assert_eq!(logps.dims1()?, 2 * b);

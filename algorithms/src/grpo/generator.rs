@@ -9,7 +9,7 @@
 //! `None` (logged), it does not end the run.
 
 use super::batch::{collate, per_rollout};
-use crate::dpo::token_logps;
+use crate::dpo::token_logps_fused;
 use smelt::generate::{generate, FinishReason as GenFinish, GenerationConfig};
 use smelt::{Model, Result};
 use smelt_rollouts::service::{mix_seed, panic_message, Generator, PromptRow};
@@ -150,6 +150,6 @@ pub fn behaviour_logprobs(
 ) -> Result<Vec<Vec<f32>>> {
     let zeros = vec![0f32; rollouts.len()];
     let b = collate(rollouts, &zeros, None, false, model.device())?;
-    let logits = (model.forward(&b.input_ids, None)? / temperature)?.detach(); // (B, T, V)
-    per_rollout(&token_logps(&logits, &b.targets)?, rollouts)
+    let hidden = model.forward_hidden(&b.input_ids, None)?.detach(); // (B, T, H)
+    per_rollout(&token_logps_fused(model, &hidden, &b.targets, temperature)?, rollouts)
 }

@@ -20,7 +20,7 @@
 use super::advantages::{generation_metrics, group_advantages};
 use super::batch::{collate, per_rollout, RolloutBatch};
 use super::config::GrpoConfig;
-use crate::dpo::token_logps;
+use crate::dpo::token_logps_fused;
 use serde::{Deserialize, Serialize};
 use smelt::train::{BatchSource, Metrics};
 use smelt::{Error, Model, Result};
@@ -214,9 +214,10 @@ impl GrpoSource {
                 false,
                 self.policy.device(),
             )?;
-            let logits =
-                (self.policy.forward(&b.input_ids, None)? / self.config.temperature)?.detach(); // (B, T, V)
-            out.extend(per_rollout(&token_logps(&logits, &b.targets)?, chunk)?);
+            let hidden = self.policy.forward_hidden(&b.input_ids, None)?.detach(); // (B, T, H)
+            let logps =
+                token_logps_fused(&self.policy, &hidden, &b.targets, self.config.temperature)?; // (B, T)
+            out.extend(per_rollout(&logps, chunk)?);
         }
         Ok(out)
     }
