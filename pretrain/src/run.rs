@@ -71,7 +71,7 @@ impl BatchSource<TokenBatch> for PretrainSource {
 pub fn run_pretrain(recipe: &PretrainRecipe) -> Result<TrainSummary> {
     let run = &recipe.run_dir;
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
-    let device = Device::Cpu;
+    let device = smelt::dist::device_for(&recipe.train.device, &smelt::dist::DistEnv::from_env()?)?;
 
     if let Some(corpus) = &recipe.corpus {
         if !corpus.output.is_file() {

@@ -46,6 +46,11 @@ impl Metrics {
             .collect()
     }
 
+    /// Every metric as `(name, sum, weight)`, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64, f64)> {
+        self.sums.iter().map(|(k, (s, w))| (k.as_str(), *s, *w))
+    }
+
     /// The raw sum of metric `name` (e.g. a token count).
     pub fn sum(&self, name: &str) -> f64 {
         self.sums.get(name).map_or(0.0, |e| e.0)

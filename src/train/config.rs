@@ -3,6 +3,7 @@
 //! Unknown keys are errors naming the key (`deny_unknown_fields`); every field has a
 //! default with its unit and source, so a recipe states only what differs.
 
+use crate::dist::DistConfig;
 use crate::error::{Error, Result};
 use crate::optim::{AdamWConfig, Schedule};
 use crate::telemetry::ThroughputConfig;
@@ -49,6 +50,12 @@ pub struct TrainConfig {
     pub plots: bool,
     /// Stop after this many optimizer steps in *this* process (testing resume; 0 = no limit).
     pub stop_after_steps: u64,
+    /// Where the model lives: `cpu` (default), `cuda` (this rank's GPU) or `cuda:N`
+    /// (CUDA needs a binary built with `--features cuda`).
+    pub device: String,
+    /// Data parallelism, used when the environment names more than one rank
+    /// (`smelt launch`, torchrun, `srun`): backend, gradient bucket size, timeout.
+    pub distributed: DistConfig,
 }
 
 impl Default for TrainConfig {
@@ -72,6 +79,8 @@ impl Default for TrainConfig {
             peak_flops: 0.0,
             plots: true,
             stop_after_steps: 0,
+            device: "cpu".into(),
+            distributed: DistConfig::default(),
         }
     }
 }
@@ -103,6 +112,7 @@ impl TrainConfig {
             return bad("log_every", "must be at least 1".into());
         }
         self.spike_guard.validate()?;
+        self.distributed.validate()?;
         self.schedule.validate(self.max_steps)
     }
 }
