@@ -130,12 +130,18 @@ pub fn run(args: LaunchArgs) -> anyhow::Result<()> {
                 statuses[rank] = child.try_wait().context("waiting for a rank")?;
             }
         }
-        if let Some((rank, status)) = statuses
-            .iter()
-            .enumerate()
-            .find_map(|(r, s)| s.filter(|s| !s.success()).map(|s| (r, s)))
+        // A rank killed by a signal is the cause; ranks that then lost it exit with errors.
+        let failed = || {
+            statuses
+                .iter()
+                .enumerate()
+                .filter_map(|(r, s)| s.filter(|s| !s.success()).map(|s| (r, s)))
+        };
+        if let Some(first) = failed()
+            .find(|(_, s)| s.signal().is_some())
+            .or(failed().next())
         {
-            break Some((rank, status));
+            break Some(first);
         }
         if statuses.iter().all(Option::is_some) {
             break None;
