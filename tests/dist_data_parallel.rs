@@ -7,11 +7,14 @@
 //!   (rank 0's weights are broadcast), and each rank trains on its own, reproducible
 //!   share of the data;
 //! - a resumed N-rank run reproduces the uninterrupted one bit for bit, and resuming
-//!   with another world size fails naming both sizes.
+//!   with another world size fails naming both sizes;
+//! - a per-rank source (each rank samples its own data from `rank_seed`, as GRPO's
+//!   rollouts do) gives distinct, reproducible streams per rank and resumes exactly
+//!   from each rank's own saved cursor.
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use smelt::dist::{all_reduce_grads, Communicator, DistEnv, EnvSource, TcpTestComm};
+use smelt::dist::{all_reduce_grads, rank_seed, Communicator, DistEnv, EnvSource, TcpTestComm};
 use smelt::telemetry::MetricsLog;
 use smelt::train::{
     Algorithm, BatchSource, LossOutput, NextTokenLoss, TokenBatch, TrainConfig, Trainer,
@@ -435,4 +438,90 @@ fn resuming_with_another_world_size_fails_naming_both_sizes() {
             "{msg}"
         );
     }
+}
+
+/// A source each rank samples on its own: micro-batch `k` of a rank starts at a row drawn
+/// from `rank_seed(seed, rank)` and `k`.
+struct PerRankSource {
+    seed: u64,
+    draws: u64,
+}
+
+impl BatchSource<TokenBatch> for PerRankSource {
+    fn next_batch(&mut self) -> Result<Option<TokenBatch>> {
+        let start = (smelt::rng::mix64(self.seed ^ smelt::rng::mix64(self.draws)) % 300) as usize;
+        self.draws += 1;
+        let (ids, labels): (Vec<_>, Vec<_>) = (start..start + 2).map(row).unzip();
+        TokenBatch::from_rows(&ids, None, &labels, &Device::Cpu).map(Some)
+    }
+    // The cursor carries rank state (as GRPO's carries the rollouts in flight): restoring
+    // another rank's cursor would continue that rank's stream.
+    fn cursor(&self) -> Value {
+        json!({ "draws": self.draws, "seed": self.seed })
+    }
+    fn restore(&mut self, cursor: &Value) -> Result<()> {
+        self.draws = cursor["draws"].as_u64().unwrap();
+        self.seed = cursor["seed"].as_u64().unwrap();
+        Ok(())
+    }
+    fn per_rank(&self) -> bool {
+        true
+    }
+}
+
+fn per_rank_job(dir: PathBuf, tweak: fn(&mut TrainConfig)) -> Vec<RankRun> {
+    let port = free_port();
+    ranks(2, move |r| {
+        let mut cfg = config(&dir, 6, 2);
+        cfg.save_every = 2;
+        tweak(&mut cfg);
+        let model = Model::new_random(ModelConfig::tiny(ModelType::Llama, VOCAB), &Device::Cpu, 42)
+            .unwrap();
+        let mut trainer = Trainer::new(model, None, Recording { seen: vec![] }, cfg).unwrap();
+        trainer.set_communicator(Box::new(comm(r, 2, port)));
+        // every rank resumes (or starts) at draw 0: `fit` restores the saved cursors
+        trainer
+            .fit(&mut PerRankSource {
+                seed: rank_seed(7, r),
+                draws: 0,
+            })
+            .unwrap();
+        RankRun {
+            weights: trainer
+                .model()
+                .named_tensors()
+                .into_iter()
+                .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+                .collect(),
+            seen: trainer.algorithm().seen.clone(),
+        }
+    })
+}
+
+#[test]
+fn per_rank_sources_differ_across_ranks_reproduce_and_resume_from_their_own_cursor() {
+    let root = tempfile::tempdir().unwrap();
+    let a = per_rank_job(root.path().join("a"), |_| {});
+    let b = per_rank_job(root.path().join("b"), |_| {});
+    assert_eq!(
+        a[0].seen.len(),
+        6 * 2,
+        "each rank draws only its own accumulation"
+    );
+    assert_ne!(a[0].seen, a[1].seen, "ranks sampled the same data");
+    assert_eq!(a[0].seen, b[0].seen);
+    assert_eq!(a[1].seen, b[1].seen);
+    assert_eq!(a[0].weights, a[1].weights);
+    // stop after 3 steps (checkpoint at 2) and resume: every rank continues its own stream
+    let split = root.path().join("split");
+    per_rank_job(split.clone(), |c| c.stop_after_steps = 3);
+    assert!(split.join("latest/data_cursor.rank1.json").is_file());
+    let resumed = per_rank_job(split.clone(), |_| {});
+    assert_eq!(losses(&root.path().join("a")), losses(&split));
+    assert_eq!(a[0].weights, resumed[0].weights);
+    assert_eq!(
+        a[1].seen[4..],
+        resumed[1].seen[..],
+        "rank 1 resumed from another cursor"
+    );
 }

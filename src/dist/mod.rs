@@ -159,12 +159,6 @@ pub fn rank_seed(seed: u64, rank: usize) -> u64 {
     }
 }
 
-/// This process's rank from the environment (0 when not distributed or unreadable).
-/// For seeding code far from the loop, e.g. the rollout sampler.
-pub fn env_rank() -> usize {
-    DistEnv::from_env().map_or(0, |e| e.rank)
-}
-
 /// The device a recipe's `train.device` names: `cpu`, `cuda` (this rank's GPU) or `cuda:N`.
 /// Under `smelt launch --gpus-per-node`, `CUDA_VISIBLE_DEVICES` shows each rank one GPU,
 /// so `cuda` is ordinal 0; otherwise (torchrun, srun without a GPU binding) it is the

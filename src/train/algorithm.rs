@@ -102,4 +102,13 @@ pub trait BatchSource<B> {
     fn cursor(&self) -> serde_json::Value;
     /// Restores a position returned by [`BatchSource::cursor`].
     fn restore(&mut self, cursor: &serde_json::Value) -> Result<()>;
+
+    /// Whether this source already yields only this rank's data under data parallelism
+    /// (e.g. GRPO rollouts sampled on each rank with its own seed). The loop then draws
+    /// `grad_accumulation_steps` micro-batches from it per step, instead of drawing the
+    /// whole global batch and keeping its share, and checkpoints each rank's cursor.
+    /// Default `false`: every rank builds the same source.
+    fn per_rank(&self) -> bool {
+        false
+    }
 }

@@ -24,13 +24,35 @@ pub(crate) struct Shard<B> {
     pub global_count: usize,
 }
 
-/// Draws `accumulation × world` micro-batches and keeps this rank's share.
+/// Draws `accumulation × world` micro-batches and keeps this rank's share; from a
+/// [`BatchSource::per_rank`] source, draws `accumulation` and agrees with the other
+/// ranks on whether the data ended (the step needs at least one batch on every rank).
 pub(crate) fn draw_shard<B>(
     data: &mut dyn BatchSource<B>,
     accumulation: usize,
-    rank: usize,
-    world: usize,
+    comm: Option<&dyn Communicator>,
 ) -> Result<Shard<B>> {
+    let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world_size()));
+    if let Some(comm) = comm.filter(|_| data.per_rank()) {
+        let mut local = Vec::with_capacity(accumulation);
+        while local.len() < accumulation {
+            match data.next_batch()? {
+                Some(b) => local.push(b),
+                None => break,
+            }
+        }
+        let mut counts = [local.len() as f64, f64::from(u8::from(local.is_empty()))];
+        comm.all_reduce_sum_f64(&mut counts)?;
+        let global_count = if counts[1] > 0.0 {
+            0
+        } else {
+            counts[0] as usize
+        };
+        return Ok(Shard {
+            local,
+            global_count,
+        });
+    }
     let mut local = Vec::with_capacity(accumulation);
     let mut global_count = 0;
     for i in 0..accumulation * world {
@@ -91,6 +113,38 @@ pub(crate) fn broadcast_parameters(comm: &dyn Communicator, model: &Model) -> Re
         var.set(&t)?;
     }
     Ok(())
+}
+
+/// The file a rank other than 0 keeps its [`BatchSource::per_rank`] cursor in, inside
+/// the checkpoint rank 0 wrote (rank 0's is `data_cursor.json`).
+pub(crate) fn rank_cursor_path(checkpoint: &std::path::Path, rank: usize) -> std::path::PathBuf {
+    checkpoint.join(format!("data_cursor.rank{rank}.json"))
+}
+
+/// Writes this rank's cursor beside rank 0's checkpoint files (atomically).
+pub(crate) fn save_rank_cursor(
+    checkpoint: &std::path::Path,
+    rank: usize,
+    cursor: &serde_json::Value,
+) -> Result<()> {
+    let path = rank_cursor_path(checkpoint, rank);
+    let text = serde_json::to_vec_pretty(cursor).map_err(|e| Error::Invalid(e.to_string()))?;
+    crate::checkpoint::write_bytes_atomically(&path, &text)
+}
+
+/// This rank's saved cursor, if the checkpoint has one.
+pub(crate) fn load_rank_cursor(
+    checkpoint: &std::path::Path,
+    rank: usize,
+) -> Result<Option<serde_json::Value>> {
+    let path = rank_cursor_path(checkpoint, rank);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::checkpoint(&path, format!("not valid JSON: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(&path, e)),
+    }
 }
 
 /// Refuses to resume a checkpoint written by a job of another size.

@@ -174,7 +174,18 @@ impl<A: Algorithm> Trainer<A> {
         if let Some(dir) = state::latest_checkpoint(&run_dir)? {
             let (st, cursor) = state::load_checkpoint(&dir, &self.model, &mut self.optimizer)?;
             parallel::check_world_size(st.world_size, world, &dir)?;
-            data.restore(&cursor)?;
+            let own = if rank > 0 && data.per_rank() {
+                parallel::load_rank_cursor(&dir, rank)?
+            } else {
+                None
+            };
+            if rank > 0 && data.per_rank() && own.is_none() {
+                eprintln!(
+                    "warning: rank {rank}: {} has no cursor of this rank; continuing from rank 0's",
+                    dir.display()
+                );
+            }
+            data.restore(own.as_ref().unwrap_or(&cursor))?;
             self.state = st;
         } else if let Some(comm) = &self.comm {
             parallel::broadcast_parameters(comm.as_ref(), &self.model)?;
@@ -304,6 +315,13 @@ impl<A: Algorithm> Trainer<A> {
                     self.save(&*data)?;
                 }
                 self.barrier()?; // the checkpoint is complete before any rank moves on
+                if data.per_rank() && world > 1 {
+                    if !main {
+                        let dir = state::checkpoint_dir(&run_dir, self.state.step);
+                        parallel::save_rank_cursor(&dir, rank, &data.cursor())?;
+                    }
+                    self.barrier()?;
+                }
             }
         }
         progress.finish();
@@ -331,9 +349,9 @@ impl<A: Algorithm> Trainer<A> {
         data: &mut dyn BatchSource<A::Batch>,
     ) -> Result<Option<StepResult>> {
         let wait_start = Instant::now();
-        let (rank, world) = self.rank_and_world();
+        let world = self.rank_and_world().1;
         let accumulation = self.config.grad_accumulation_steps as usize;
-        let shard = parallel::draw_shard(data, accumulation, rank, world)?;
+        let shard = parallel::draw_shard(data, accumulation, self.comm.as_deref())?;
         let data_wait_s = wait_start.elapsed().as_secs_f64();
         // Every rank drew the same micro-batches, so every rank agrees on this.
         if shard.global_count < world {
