@@ -3,6 +3,7 @@
 //!   2× / 4× accumulation (≤ 1e-5 relative);
 //! - a 2-rank run stopped and relaunched reproduces the uninterrupted 2-rank run, and
 //!   resuming it with one rank fails naming both world sizes;
+//! - a 2-rank run from raw documents works (rank 0 prepares the data first);
 //! - a rank killed mid-run makes `smelt launch` exit non-zero within seconds naming the
 //!   rank, and no rank process survives.
 
@@ -207,6 +208,26 @@ fn launched_ranks_match_one_rank_resume_exactly_and_refuse_another_world_size() 
         err.contains("world size 2") && err.contains("world size 1"),
         "{err}"
     );
+
+    // from raw documents: rank 0 prepares corpus, tokenizer and shards while rank 1 waits
+    let fresh = dir.path().join("fresh.toml");
+    let text = std::fs::read_to_string(dir.path().join("prep.toml"))
+        .unwrap()
+        .replace(
+            &prep.display().to_string(),
+            &dir.path().join("fresh").display().to_string(),
+        )
+        .replace("max_steps = 1", "max_steps = 2")
+        + "[train.distributed]\nbackend = \"tcp-test\"\n";
+    std::fs::write(&fresh, text).unwrap();
+    let mut c = smelt();
+    c.args(["launch", "--nproc", "2", "--master-port"])
+        .arg(free_port().to_string())
+        .args(["--", "pretrain", "--config"])
+        .arg(&fresh);
+    run_ok(&mut c);
+    assert_eq!(losses(&dir.path().join("fresh")).len(), 2);
+    assert!(!weights(&dir.path().join("fresh")).is_empty());
 }
 
 #[test]
