@@ -163,7 +163,8 @@ pub fn run_grpo(recipe: &GrpoRecipe, origin: &Path) -> Result<TrainSummary> {
         require_tokenizer: true,
         ..Default::default()
     };
-    let loaded = checkpoint::load(&recipe.model, &candle_core::Device::Cpu, &opts)?;
+    let device = smelt::dist::device_for(&train.device, &smelt::dist::DistEnv::from_env()?)?;
+    let loaded = checkpoint::load(&recipe.model, &device, &opts)?;
     let (model, tokenizer) = (loaded.model, loaded.tokenizer.expect("required"));
     let rows = prompt_rows(recipe, &tokenizer, origin)?;
     let cfg = recipe.grpo.clone();
