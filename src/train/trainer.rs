@@ -353,7 +353,7 @@ impl<A: Algorithm> Trainer<A> {
         let accumulation = self.config.grad_accumulation_steps as usize;
         let shard = parallel::draw_shard(data, accumulation, self.comm.as_deref())?;
         let data_wait_s = wait_start.elapsed().as_secs_f64();
-        // Every rank drew the same micro-batches, so every rank agrees on this.
+        // Every rank agrees on `global_count` (same draws, or reduced for per-rank sources).
         if shard.global_count < world {
             return Ok(None); // the data ended (a partial last step needs one batch per rank)
         }
