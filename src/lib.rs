@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod generate;
 pub mod model;

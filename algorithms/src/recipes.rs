@@ -339,7 +339,7 @@ pub fn pad_token_id(tokenizer: &Tokenizer) -> Result<u32> {
 /// Runs an SFT recipe: load, encode, train with the loop; the last checkpoint (with the
 /// tokenizer) is an HF-loadable folder. A run directory with checkpoints resumes.
 pub fn run_sft(recipe: &SftRecipe) -> Result<TrainSummary> {
-    let device = Device::Cpu;
+    let device = smelt::dist::device_for(&recipe.train.device, &smelt::dist::DistEnv::from_env()?)?;
     let (model, tokenizer) = load_model(&recipe.model, &device)?;
     let examples = recipe.examples(&tokenizer)?;
     eprintln!(
@@ -360,7 +360,7 @@ pub fn run_sft(recipe: &SftRecipe) -> Result<TrainSummary> {
 
 /// Runs a DPO recipe: load policy (and reference), encode, train with the loop.
 pub fn run_dpo(recipe: &DpoRecipe) -> Result<TrainSummary> {
-    let device = Device::Cpu;
+    let device = smelt::dist::device_for(&recipe.train.device, &smelt::dist::DistEnv::from_env()?)?;
     let (policy, tokenizer) = load_model(&recipe.model, &device)?;
     let examples = recipe.examples(&tokenizer)?;
     let n = examples.len();

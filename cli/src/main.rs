@@ -36,6 +36,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Run a multi-stage pipeline recipe (pretrain → SFT → DPO → GRPO with evals and a gate after each).
     Pipeline(commands::pipeline::PipelineArgs),
+    /// Start N local ranks of a data-parallel job (torchrun's variables), one GPU each with --gpus-per-node.
+    Launch(commands::launch::LaunchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(args) => commands::eval::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Pipeline(args) => commands::pipeline::run(args),
+        Command::Launch(args) => commands::launch::run(args),
     }
 }

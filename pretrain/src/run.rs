@@ -71,7 +71,14 @@ impl BatchSource<TokenBatch> for PretrainSource {
 pub fn run_pretrain(recipe: &PretrainRecipe) -> Result<TrainSummary> {
     let run = &recipe.run_dir;
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
-    let device = Device::Cpu;
+    let env = smelt::dist::DistEnv::from_env()?;
+    let device = smelt::dist::device_for(&recipe.train.device, &env)?;
+    // Data parallel: rank 0 runs the stages below first; the others wait, then find the
+    // stages' outputs on disk and only load them.
+    let comm = smelt::dist::connect(&env, &recipe.train.distributed, &device)?;
+    if let Some(c) = comm.as_ref().filter(|c| c.rank() != 0) {
+        c.barrier()?;
+    }
 
     if let Some(corpus) = &recipe.corpus {
         if !corpus.output.is_file() {
@@ -135,6 +142,12 @@ pub fn run_pretrain(recipe: &PretrainRecipe) -> Result<TrainSummary> {
         trainer.set_evaluator(Box::new(move |model: &Model, _step| {
             validation_loss(model, &config, batches, rows)
         }));
+    }
+    if let Some(c) = comm {
+        if c.rank() == 0 {
+            c.barrier()?; // the prepared data is on disk for the other ranks
+        }
+        trainer.set_communicator(c);
     }
     trainer.fit(&mut source)
 }

@@ -46,6 +46,11 @@ impl Metrics {
             .collect()
     }
 
+    /// Every metric as `(name, sum, weight)`, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64, f64)> {
+        self.sums.iter().map(|(k, (s, w))| (k.as_str(), *s, *w))
+    }
+
     /// The raw sum of metric `name` (e.g. a token count).
     pub fn sum(&self, name: &str) -> f64 {
         self.sums.get(name).map_or(0.0, |e| e.0)
@@ -97,4 +102,13 @@ pub trait BatchSource<B> {
     fn cursor(&self) -> serde_json::Value;
     /// Restores a position returned by [`BatchSource::cursor`].
     fn restore(&mut self, cursor: &serde_json::Value) -> Result<()>;
+
+    /// Whether this source already yields only this rank's data under data parallelism
+    /// (e.g. GRPO rollouts sampled on each rank with its own seed). The loop then draws
+    /// `grad_accumulation_steps` micro-batches from it per step, instead of drawing the
+    /// whole global batch and keeping its share, and checkpoints each rank's cursor.
+    /// Default `false`: every rank builds the same source.
+    fn per_rank(&self) -> bool {
+        false
+    }
 }

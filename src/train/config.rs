@@ -3,6 +3,7 @@
 //! Unknown keys are errors naming the key (`deny_unknown_fields`); every field has a
 //! default with its unit and source, so a recipe states only what differs.
 
+use crate::dist::DistConfig;
 use crate::error::{Error, Result};
 use crate::ops::Precision;
 use crate::optim::{AdamWConfig, Schedule};
@@ -55,6 +56,12 @@ pub struct TrainConfig {
     /// f32, as `torch.autocast`). The trainer sets it on the model it is given.
     #[serde(deserialize_with = "deserialize_precision")]
     pub precision: Precision,
+    /// Where the model lives: `cpu` (default), `cuda` (this rank's GPU) or `cuda:N`
+    /// (CUDA needs a binary built with `--features cuda`).
+    pub device: String,
+    /// Data parallelism, used when the environment names more than one rank
+    /// (`smelt launch`, torchrun, `srun`): backend, gradient bucket size, timeout.
+    pub distributed: DistConfig,
 }
 
 /// Reads `precision` from its name; an unknown name is an error naming the key.
@@ -88,6 +95,8 @@ impl Default for TrainConfig {
             plots: true,
             stop_after_steps: 0,
             precision: Precision::F32,
+            device: "cpu".into(),
+            distributed: DistConfig::default(),
         }
     }
 }
@@ -119,6 +128,7 @@ impl TrainConfig {
             return bad("log_every", "must be at least 1".into());
         }
         self.spike_guard.validate()?;
+        self.distributed.validate()?;
         self.schedule.validate(self.max_steps)
     }
 }

@@ -9,6 +9,7 @@
 mod algorithm;
 mod config;
 mod next_token;
+mod parallel;
 mod spike;
 pub mod state;
 mod trainer;

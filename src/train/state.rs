@@ -39,6 +39,13 @@ pub struct TrainerState {
     pub spike: SpikeDetector,
     /// Name of the algorithm that wrote the checkpoint.
     pub algorithm: String,
+    /// Data-parallel ranks of the run that wrote the checkpoint (a resume needs the same).
+    #[serde(default = "one_rank")]
+    pub world_size: u64,
+}
+
+fn one_rank() -> u64 {
+    1
 }
 
 /// The directory of the checkpoint at `step`.

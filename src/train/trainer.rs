@@ -6,11 +6,21 @@
 //! update with AdamW at the scheduled learning rate, log, evaluate, checkpoint. A run
 //! directory with a `latest` checkpoint is resumed exactly (weights, optimizer
 //! moments, step, spike history, data position).
+//!
+//! Data parallelism: when the environment names more than one rank (`smelt launch`,
+//! torchrun, `srun`) the loop joins the job through a [`Communicator`] at the start of
+//! [`Trainer::fit`] (or uses one given with [`Trainer::set_communicator`]). Each rank
+//! trains on its share of every global batch ([`super::parallel`]), gradients and the
+//! step's loss units / metrics are summed over ranks, rank 0 alone writes checkpoints,
+//! metrics and plots while the others wait at a barrier, and a checkpoint records the
+//! world size it was written with.
 
 use super::algorithm::{Algorithm, BatchSource, Metrics};
 use super::config::TrainConfig;
+use super::parallel;
 use super::spike::Verdict;
 use super::state::{self, CheckpointParts, TrainerState};
+use crate::dist::{self, Communicator, DistEnv};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::optim::{clip_grad_norm, AdamW};
@@ -56,6 +66,8 @@ pub struct Trainer<A: Algorithm> {
     state: TrainerState,
     evaluator: Option<Evaluator>,
     flops_per_token: Option<f64>,
+    /// The data-parallel job, when there is more than one rank.
+    comm: Option<Box<dyn Communicator>>,
 }
 
 /// One step's numbers before the update is applied.
@@ -95,7 +107,35 @@ impl<A: Algorithm> Trainer<A> {
             state,
             evaluator: None,
             flops_per_token: None,
+            comm: None,
         })
+    }
+
+    /// Trains as one rank of a data-parallel job over `comm` (instead of joining the
+    /// job the environment describes when [`Trainer::fit`] starts).
+    pub fn set_communicator(&mut self, comm: Box<dyn Communicator>) {
+        self.comm = Some(comm);
+    }
+
+    /// `(rank, world_size)` of this trainer's job (`(0, 1)` for one process).
+    pub fn rank_and_world(&self) -> (usize, usize) {
+        self.comm
+            .as_ref()
+            .map_or((0, 1), |c| (c.rank(), c.world_size()))
+    }
+
+    /// Joins the job the environment names, unless a communicator was given.
+    fn join_job(&mut self) -> Result<()> {
+        if self.comm.is_none() {
+            let env = DistEnv::from_env()?;
+            self.comm = dist::connect(&env, &self.config.distributed, self.model.device())?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every rank (no-op for one process).
+    fn barrier(&self) -> Result<()> {
+        self.comm.as_ref().map_or(Ok(()), |c| c.barrier())
     }
 
     /// Sets the evaluation hook run every `eval_every` steps and at the end.
@@ -126,19 +166,60 @@ impl<A: Algorithm> Trainer<A> {
     /// Trains until `max_steps` (or the data ends, or `stop_after_steps`), resuming
     /// from the run directory's `latest` checkpoint when there is one.
     pub fn fit(&mut self, data: &mut dyn BatchSource<A::Batch>) -> Result<TrainSummary> {
+        self.join_job()?;
+        let (rank, world) = self.rank_and_world();
+        let main = rank == 0;
         let run_dir = self.config.output_dir.clone();
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
-        state::clean_stale_temps(&run_dir)?;
+        if main {
+            state::clean_stale_temps(&run_dir)?;
+        }
+        self.barrier()?;
         if let Some(dir) = state::latest_checkpoint(&run_dir)? {
             let (st, cursor) = state::load_checkpoint(&dir, &self.model, &mut self.optimizer)?;
-            data.restore(&cursor)?;
+            parallel::check_world_size(st.world_size, world, &dir)?;
+            let own = if rank > 0 && data.per_rank() {
+                parallel::load_rank_cursor(&dir, rank)?
+            } else {
+                None
+            };
+            if rank > 0 && data.per_rank() && own.is_none() {
+                eprintln!(
+                    "warning: rank {rank}: {} has no cursor of this rank; continuing from rank 0's",
+                    dir.display()
+                );
+            }
+            data.restore(own.as_ref().unwrap_or(&cursor))?;
             self.state = st;
+        } else if let Some(comm) = &self.comm {
+            parallel::broadcast_parameters(comm.as_ref(), &self.model)?;
         }
+        self.state.world_size = world as u64;
         let metrics_path = run_dir.join("metrics.jsonl");
-        let mut log = MetricsLog::open(&metrics_path)?;
-        log.truncate_after_step(self.state.step)?;
-        let mut progress =
-            Progress::new(self.config.max_steps, self.state.step, self.config.progress);
+        // rank 0 alone writes metrics and shows progress
+        let mut log = if main {
+            let mut log = MetricsLog::open(&metrics_path)?;
+            log.truncate_after_step(self.state.step)?;
+            Some(log)
+        } else {
+            None
+        };
+        let mut progress = if main {
+            Progress::new(self.config.max_steps, self.state.step, self.config.progress)
+        } else {
+            Progress::with_writer(
+                self.config.max_steps,
+                self.state.step,
+                Box::new(std::io::sink()),
+            )
+        };
+        if world > 1 && main {
+            progress.println(&format!(
+                "data parallel: {world} ranks ({} backend), global batch = {} micro-batches",
+                self.comm.as_ref().map_or("single", |c| c.backend()),
+                self.config.grad_accumulation_steps * world as u64
+            ));
+        }
         if self.state.step > 0 {
             progress.println(&format!(
                 "resumed from step {} in {}",
@@ -172,7 +253,7 @@ impl<A: Algorithm> Trainer<A> {
             {
                 Verdict::Ok => {}
                 bad => {
-                    self.roll_back(&bad, data, &mut log, &progress)?;
+                    self.roll_back(&bad, data, log.as_mut(), &progress)?;
                     continue;
                 }
             }
@@ -209,7 +290,8 @@ impl<A: Algorithm> Trainer<A> {
                 record["warning"] = w.message.clone().into();
             }
             let last = self.state.step == self.config.max_steps;
-            if self.evaluator.is_some()
+            if main
+                && self.evaluator.is_some()
                 && (last
                     || (self.config.eval_every > 0
                         && self.state.step % self.config.eval_every == 0))
@@ -223,18 +305,31 @@ impl<A: Algorithm> Trainer<A> {
             let has_eval = record
                 .as_object()
                 .is_some_and(|m| m.keys().any(|k| k.starts_with("eval_")));
-            if last || self.state.step % self.config.log_every == 0 || has_eval {
+            if let Some(log) = log
+                .as_mut()
+                .filter(|_| last || self.state.step % self.config.log_every == 0 || has_eval)
+            {
                 log.write(&record)?;
             }
             progress.update(self.state.step, result.loss, lr, tokens_per_s);
             let save_now =
                 self.config.save_every > 0 && self.state.step % self.config.save_every == 0;
             if save_now || last {
-                self.save(&*data)?;
+                if main {
+                    self.save(&*data)?;
+                }
+                self.barrier()?; // the checkpoint is complete before any rank moves on
+                if data.per_rank() && world > 1 {
+                    if !main {
+                        let dir = state::checkpoint_dir(&run_dir, self.state.step);
+                        parallel::save_rank_cursor(&dir, rank, &data.cursor())?;
+                    }
+                    self.barrier()?;
+                }
             }
         }
         progress.finish();
-        let plots = if finished && self.config.plots {
+        let plots = if main && finished && self.config.plots {
             telemetry::plot_metrics(&metrics_path, &run_dir.join("plots"))?
         } else {
             vec![]
@@ -258,18 +353,22 @@ impl<A: Algorithm> Trainer<A> {
         data: &mut dyn BatchSource<A::Batch>,
     ) -> Result<Option<StepResult>> {
         let wait_start = Instant::now();
-        let mut micro = Vec::new();
-        for _ in 0..self.config.grad_accumulation_steps {
-            match data.next_batch()? {
-                Some(b) => micro.push(b),
-                None => break,
-            }
-        }
+        let world = self.rank_and_world().1;
+        let accumulation = self.config.grad_accumulation_steps as usize;
+        let shard = parallel::draw_shard(data, accumulation, self.comm.as_deref())?;
         let data_wait_s = wait_start.elapsed().as_secs_f64();
-        if micro.is_empty() {
-            return Ok(None);
+        // Every rank agrees on `global_count` (same draws, or reduced for per-rank sources).
+        if shard.global_count < world {
+            return Ok(None); // the data ended (a partial last step needs one batch per rank)
         }
-        let units: f64 = micro.iter().map(|b| self.algorithm.loss_units(b)).sum();
+        let micro = shard.local;
+        let mut units: f64 = micro.iter().map(|b| self.algorithm.loss_units(b)).sum();
+        if let Some(comm) = &self.comm {
+            // normalise by the units of the whole global batch: reduce before dividing
+            let mut u = [units];
+            comm.all_reduce_sum_f64(&mut u)?;
+            units = u[0];
+        }
         if units <= 0.0 {
             return Err(Error::Invalid(format!(
                 "step {}: the batch has no trained units (every label ignored?)",
@@ -297,11 +396,22 @@ impl<A: Algorithm> Trainer<A> {
             }
             metrics.merge(&out.metrics);
         }
-        let grads = acc
+        let mut grads = acc
             .into_iter()
             .zip(params)
             .map(|(g, (_, var))| g.map_or_else(|| var.as_tensor().zeros_like(), Ok))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        if let Some(comm) = &self.comm {
+            dist::all_reduce_grads(
+                comm.as_ref(),
+                &mut grads,
+                self.config.distributed.bucket_bytes(),
+            )?;
+            let mut l = [loss_sum];
+            comm.all_reduce_sum_f64(&mut l)?;
+            loss_sum = l[0];
+            metrics = parallel::reduce_metrics(comm.as_ref(), &metrics)?;
+        }
         let tokens = metrics.sum("tokens");
         Ok(Some(StepResult {
             loss: loss_sum / units,
@@ -318,7 +428,7 @@ impl<A: Algorithm> Trainer<A> {
         &mut self,
         verdict: &Verdict,
         data: &mut dyn BatchSource<A::Batch>,
-        log: &mut MetricsLog,
+        log: Option<&mut MetricsLog>,
         progress: &Progress,
     ) -> Result<()> {
         let guard = &self.config.spike_guard;
@@ -359,13 +469,14 @@ impl<A: Algorithm> Trainer<A> {
         };
         self.state.rollbacks = rollbacks;
         self.state.lr_scale = lr_scale;
-        log.truncate_after_step(self.state.step)?;
         let msg = format!(
             "rollback at step {bad_step}: {reason}; restored {} (step {}), skipping the batches since; lr scale {lr_scale}",
             restored.as_ref().map_or("nothing (no checkpoint yet)".into(), |d| d.display().to_string()),
             self.state.step
         );
         progress.println(&msg);
+        let Some(log) = log else { return Ok(()) }; // ranks other than 0 keep no log
+        log.truncate_after_step(self.state.step)?;
         log.write(&json!({
             "step": self.state.step, "event": "rollback", "bad_step": bad_step, "reason": reason,
             "skipped_to_data_cursor": skipped_to, "lr_scale": lr_scale, "rollbacks": rollbacks,

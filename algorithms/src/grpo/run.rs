@@ -163,13 +163,17 @@ pub fn run_grpo(recipe: &GrpoRecipe, origin: &Path) -> Result<TrainSummary> {
         require_tokenizer: true,
         ..Default::default()
     };
-    let loaded = checkpoint::load(&recipe.model, &candle_core::Device::Cpu, &opts)?;
+    let device = smelt::dist::device_for(&train.device, &smelt::dist::DistEnv::from_env()?)?;
+    let loaded = checkpoint::load(&recipe.model, &device, &opts)?;
     let (model, tokenizer) = (loaded.model, loaded.tokenizer.expect("required"));
     let rows = prompt_rows(recipe, &tokenizer, origin)?;
     let cfg = recipe.grpo.clone();
     let per_batch =
         cfg.generation_batch_size(train.grad_accumulation_steps) / cfg.num_generations.max(1);
-    let prompts = CyclingPrompts::new(rows, per_batch.max(1), cfg.seed)?;
+    // Data-parallel ranks sample distinct prompts and completions: seed + rank (rank 0 keeps
+    // `seed`, so one process is unchanged).
+    let rank_seed = smelt::dist::rank_seed(cfg.seed, smelt::dist::DistEnv::from_env()?.rank);
+    let prompts = CyclingPrompts::new(rows, per_batch.max(1), rank_seed)?;
     let mut stop: Vec<u32> = model.config().eos_token_ids.clone();
     stop.extend(tokenizer.eos_token_id());
     stop.extend(tokenizer.token_to_id("<|im_end|>"));

@@ -267,6 +267,11 @@ impl BatchSource<RolloutBatch> for GrpoSource {
         Ok(Some(batch))
     }
 
+    /// Rollouts are sampled on every rank from its own prompts and seeds (see `run_grpo`).
+    fn per_rank(&self) -> bool {
+        true
+    }
+
     fn cursor(&self) -> serde_json::Value {
         serde_json::json!({
             "draws": self.draws,

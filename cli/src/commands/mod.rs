@@ -10,6 +10,7 @@ pub mod dpo;
 pub mod eval;
 pub mod generate;
 pub mod grpo;
+pub mod launch;
 pub mod pipeline;
 pub mod pretrain;
 pub mod sft;
