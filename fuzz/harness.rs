@@ -377,6 +377,7 @@ pub fn fuzz(target: Target) {
 
     let mut failures = Vec::new();
     let (cases, errors) = (Cell::new(0usize), Cell::new(0usize));
+    let rss_blamed = Cell::new(false);
     let check = |bytes: &[u8], what: String, failures: &mut Vec<String>| {
         cases.set(cases.get() + 1);
         std::fs::write(&input, bytes).unwrap();
@@ -407,6 +408,17 @@ pub fn fuzz(target: Target) {
         }
         if took > CASE_LIMIT {
             failures.push(format!("{what}: took {took:?}"));
+        }
+        // Peak RSS only grows, so the first case past the budget is the one to blame.
+        let grown = smelt::telemetry::peak_rss_mb().unwrap_or(0.0) - base_rss;
+        if grown >= RSS_BUDGET_MB && !rss_blamed.get() {
+            rss_blamed.set(true);
+            let saved = work.join(format!("oom-{}-{}", failures.len(), target.file_name));
+            std::fs::write(&saved, bytes).unwrap();
+            failures.push(format!(
+                "{what}: peak RSS grew by {grown:.0} MB; input saved at {}",
+                saved.display()
+            ));
         }
     };
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Long local fuzzing run: every fuzz target for SECS seconds of random cases (after its
-# deterministic pass), each under `nice -n 19` and `/usr/bin/time -v`, JOBS at a time.
-# Per-target logs and a summary table (wall s, CPU s, cases, failures) go to OUT.
+# deterministic pass), each under `nice -n 19` and `/usr/bin/time -v`, JOBS at a time,
+# with its address space capped at MEM_MB (default 4096) so that a reader allocating
+# what a lying length field asks for aborts the target (its input is left in
+# `target/tmp/fuzz/<reader>/`) instead of exhausting a shared machine's memory.
+# Per-target logs and a summary table (wall, CPU s, cases, failures) go to OUT.
 #
 #   fuzz/long_run.sh                       # 600 s per target, 1 at a time, OUT=target/fuzz-long
-#   SECS=60 JOBS=3 OUT=/some/dir fuzz/long_run.sh [target-name-filter]
+#   SECS=60 JOBS=3 OUT=/some/dir fuzz/long_run.sh ['gguf|smelt-evals']  # ERE on package:test:name
 #
 # The test binaries are built once and copied into OUT, so later rebuilds of the tree do
 # not touch a running campaign.
@@ -12,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SECS:-600}
 JOBS=${JOBS:-1}
+MEM_MB=${MEM_MB:-4096}
 OUT=${OUT:-target/fuzz-long}
 FILTER=${1:-}
 mkdir -p "$OUT/bin"
@@ -48,8 +52,9 @@ run_one() {
   local spec=$1 test name log
   test=$(cut -d: -f2 <<<"$spec"); name=$(cut -d: -f3 <<<"$spec")
   log="$OUT/$name.log"
-  SMELT_FUZZ_SECS=$SECS nice -n 19 /usr/bin/time -v "$OUT/bin/$test" --exact "$name" \
-    --nocapture --test-threads=1 >"$log" 2>&1 || true
+  (ulimit -v $((MEM_MB * 1024))
+   SMELT_FUZZ_SECS=$SECS nice -n 19 /usr/bin/time -v "$OUT/bin/$test" --exact "$name" \
+     --nocapture --test-threads=1) >"$log" 2>&1 || true
   local wall user sys line
   wall=$(grep 'Elapsed (wall clock)' "$log" | awk '{print $NF}')
   user=$(grep 'User time' "$log" | awk '{print $NF}')
@@ -62,8 +67,8 @@ run_one() {
     "$(grep -oE '[0-9]+ failures' <<<"$line" | cut -d' ' -f1)" >>"$OUT/summary.tsv"
 }
 export -f run_one
-export OUT SECS
+export OUT SECS MEM_MB
 
 printf 'target\tstatus\twall\tcpu_s\tcases\tfailures\n' >"$OUT/summary.tsv"
-printf '%s\n' "${TARGETS[@]}" | grep -- "$FILTER" | xargs -P "$JOBS" -I{} bash -c 'run_one {}'
+printf '%s\n' "${TARGETS[@]}" | grep -E -- "$FILTER" | xargs -P "$JOBS" -I{} bash -c 'run_one {}'
 column -t -s $'\t' "$OUT/summary.tsv"

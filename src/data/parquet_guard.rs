@@ -1,0 +1,88 @@
+//! A pre-read check of a Parquet file's dictionary pages, run before any row is decoded.
+//!
+//! Key decision: the `parquet` crate sizes a column's dictionary from the `num_values`
+//! its dictionary page header declares (`DictDecoder::set_dict` resizes a vector of that
+//! many values), so a file whose header lies (`num_values` ≈ 2^29 in a 500-byte file)
+//! makes it allocate and zero tens of GB before any error. Every reader of outside
+//! Parquet therefore walks each column chunk's page headers first (data pages are
+//! skipped without being read) and refuses a dictionary page that declares more values
+//! than its bytes can hold under plain encoding, naming the row group and the column.
+
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use parquet::basic::Type as PhysicalType;
+use parquet::column::page::{Page, PageReader};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+
+/// Fewest bits one plain-encoded value of `ty` takes (`type_length` bytes for
+/// `FIXED_LEN_BYTE_ARRAY`, a 4-byte length prefix for `BYTE_ARRAY`).
+fn min_bits(ty: PhysicalType, type_length: i32) -> u64 {
+    match ty {
+        PhysicalType::BOOLEAN => 1,
+        PhysicalType::INT32 | PhysicalType::FLOAT | PhysicalType::BYTE_ARRAY => 32,
+        PhysicalType::INT64 | PhysicalType::DOUBLE => 64,
+        PhysicalType::INT96 => 96,
+        PhysicalType::FIXED_LEN_BYTE_ARRAY => 8 * type_length.max(1) as u64,
+    }
+}
+
+/// Checks every dictionary page of `reader`'s file: its declared value count must fit
+/// in its bytes. `Err` is a message naming the row group and column (the caller adds
+/// the file); a page the `parquet` crate cannot read is left for the row reader to
+/// report where it meets it.
+pub fn check_dictionary_pages(reader: &SerializedFileReader<File>) -> Result<(), String> {
+    let meta = reader.metadata();
+    for g in 0..meta.num_row_groups() {
+        let Ok(group) = reader.get_row_group(g) else {
+            continue;
+        };
+        for c in 0..meta.row_group(g).num_columns() {
+            let column = meta.row_group(g).column(c);
+            let bits = min_bits(
+                column.column_type(),
+                column.column_descr().type_length(),
+            );
+            let Ok(mut pages) = group.get_column_page_reader(c) else {
+                continue;
+            };
+            // The crate panics on some corrupt headers; those are the row reader's to report.
+            let checked = catch_unwind(AssertUnwindSafe(|| dictionaries(&mut *pages, bits)));
+            if let Ok(Err(values_and_bytes)) = checked {
+                let (values, bytes) = values_and_bytes;
+                return Err(format!(
+                    "row group {g}, column `{}`: dictionary page declares {values} values \
+                     in {bytes} bytes",
+                    column.column_path()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Walks `pages`, reading only dictionary pages; `Err((values, bytes))` for the first
+/// one whose `values` cannot fit in its `bytes` at `bits` per value. Stops quietly at a
+/// page it cannot read.
+fn dictionaries(pages: &mut dyn PageReader, bits: u64) -> Result<(), (u32, usize)> {
+    while let Ok(Some(meta)) = pages.peek_next_page() {
+        if !meta.is_dict {
+            if pages.skip_next_page().is_err() {
+                break;
+            }
+            continue;
+        }
+        match pages.get_next_page() {
+            Ok(Some(Page::DictionaryPage {
+                buf, num_values, ..
+            })) => {
+                if num_values as u64 * bits > 8 * buf.len() as u64 {
+                    return Err((num_values, buf.len()));
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(())
+}
