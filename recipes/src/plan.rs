@@ -445,8 +445,12 @@ fn dpo_outline(r: &DpoRecipe) -> Result<StageOutline> {
             r.data.per_device_train_batch_size, t.grad_accumulation_steps
         ),
         settings: format!(
-            "loss {:?}, β {}; {reference}; {}",
+            "loss {:?}{}, β {}; {reference}; {}",
             r.dpo.loss_type,
+            r.dpo
+                .rpo_alpha
+                .map(|a| format!(" + RPO NLL × {a}"))
+                .unwrap_or_default(),
             r.dpo.beta,
             schedule(t)
         ),
