@@ -404,3 +404,25 @@ fn parquet_dictionary_page_with_a_lying_value_count_is_refused_before_allocating
     let grown = smelt::telemetry::peak_rss_mb().unwrap_or(0.0) - before;
     assert!(grown < 256.0, "peak RSS grew by {grown:.0} MB");
 }
+
+/// Found by `parquet_records` in its 10-minute rerun after the dictionary check above
+/// went in: a footer whose column chunk offset is negative makes the `parquet` crate
+/// panic (`column start and length should not be negative`) when the check opens that
+/// chunk's pages. The check now refuses such a chunk, naming it.
+#[test]
+fn parquet_column_chunk_with_a_negative_offset_is_refused_not_a_panic() {
+    let found = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/parquet_negative_column_offset.parquet");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.parquet");
+    std::fs::copy(found, &path).unwrap();
+    let opts = smelt::data::RecordOptions::default();
+    let err = smelt::data::read_records(&path, &opts)
+        .err()
+        .expect("the corrupt footer must be refused at open")
+        .to_string();
+    assert!(
+        err.contains("records.parquet") && err.contains("corrupt column chunk metadata"),
+        "{err}"
+    );
+}

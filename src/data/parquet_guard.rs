@@ -29,33 +29,38 @@ fn min_bits(ty: PhysicalType, type_length: i32) -> u64 {
 
 /// Checks every dictionary page of `reader`'s file: its declared value count must fit
 /// in its bytes. `Err` is a message naming the row group and column (the caller adds
-/// the file); a page the `parquet` crate cannot read is left for the row reader to
-/// report where it meets it.
+/// the file). A column chunk the `parquet` crate panics on while walking it (e.g. a
+/// negative offset in the footer: `column start and length should not be negative`) is
+/// refused the same way; a page it merely cannot read is left for the row reader.
 pub fn check_dictionary_pages(reader: &SerializedFileReader<File>) -> Result<(), String> {
     let meta = reader.metadata();
     for g in 0..meta.num_row_groups() {
-        let Ok(group) = reader.get_row_group(g) else {
-            continue;
-        };
         for c in 0..meta.row_group(g).num_columns() {
             let column = meta.row_group(g).column(c);
             let bits = min_bits(
                 column.column_type(),
                 column.column_descr().type_length(),
             );
-            let Ok(mut pages) = group.get_column_page_reader(c) else {
-                continue;
+            let checked = catch_unwind(AssertUnwindSafe(|| {
+                let Ok(group) = reader.get_row_group(g) else {
+                    return Ok(());
+                };
+                match group.get_column_page_reader(c) {
+                    Ok(mut pages) => dictionaries(&mut *pages, bits),
+                    Err(_) => Ok(()),
+                }
+            }));
+            let what = match checked {
+                Ok(Ok(())) => continue,
+                Ok(Err((values, bytes))) => {
+                    format!("dictionary page declares {values} values in {bytes} bytes")
+                }
+                Err(_) => "corrupt column chunk metadata".to_string(),
             };
-            // The crate panics on some corrupt headers; those are the row reader's to report.
-            let checked = catch_unwind(AssertUnwindSafe(|| dictionaries(&mut *pages, bits)));
-            if let Ok(Err(values_and_bytes)) = checked {
-                let (values, bytes) = values_and_bytes;
-                return Err(format!(
-                    "row group {g}, column `{}`: dictionary page declares {values} values \
-                     in {bytes} bytes",
-                    column.column_path()
-                ));
-            }
+            return Err(format!(
+                "row group {g}, column `{}`: {what}",
+                column.column_path()
+            ));
         }
     }
     Ok(())
