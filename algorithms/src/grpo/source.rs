@@ -8,8 +8,11 @@
 //! `Var`s — so it always sees the current weights without the loop having to pass them.
 //! Synchronously it generates from them directly; asynchronously it publishes a deep copy
 //! to the [`RolloutService`] at each step's first draw (version = steps drawn so far) and
-//! takes the next fresh-enough batch. Both paths call the same [`Generator`] on the same
-//! prompts and seeds, so with `max_staleness = 0` they train identically.
+//! takes the next batch, generated from exactly the version the service's schedule names
+//! (`max(0, n·μ − max_staleness)` for batch `n`). Both paths call the same [`Generator`]
+//! on the same prompts and seeds, so with `max_staleness = 0` they train identically.
+//! `max_staleness` applies to the asynchronous path only; the synchronous one is always
+//! on-policy.
 //!
 //! Resume is exact for any `max_staleness`. The cursor holds the next generation-batch
 //! index, the draws so far, the batch being reused (μ > 1) with its old log-probs, and
