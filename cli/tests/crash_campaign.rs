@@ -1,16 +1,18 @@
 //! The crash campaign for post-training: kill `smelt sft`, `smelt dpo` and `smelt grpo`
-//! (synchronous, and with asynchronous generation) with SIGKILL at random moments
-//! (seeded), rerun the same command each time, and require the result to equal an
-//! uninterrupted run: every logged loss bit-identical, final weights identical, and
-//! every checkpoint `latest` ever pointed at loads cleanly.
+//! (synchronous, and with asynchronous generation at `max_staleness` 0 and 1) with
+//! SIGKILL at random moments (seeded), rerun the same command each time, and require
+//! the result to equal an uninterrupted run: every logged loss bit-identical, final
+//! weights identical, and every checkpoint `latest` ever pointed at loads cleanly.
 //! `cli/tests/pretrain_crash_resume.rs` does the same for `smelt pretrain`.
 //!
 //! Key decision: every recipe checkpoints after every step (`save_every = 1`), so most
 //! of a process's life is spent near or inside a checkpoint write and the random kills
 //! land there too. GRPO's rollouts must be a function of the checkpointed weights,
-//! prompt cursor and seeds alone for an exact resume: with `max_staleness = 0` that holds
-//! whether generation runs inline or on the asynchronous generator task, since each
-//! step's rollouts wait for the weights of the step before.
+//! prompt cursor and seeds alone for an exact resume: with `max_staleness = 0` each
+//! step's rollouts wait for the weights of the step before, inline or on the
+//! asynchronous generator task; with `max_staleness = 1` batch `n` is generated from
+//! exactly weight version `n - 1`, and a checkpoint stores the rollouts generated from
+//! weights older than its own.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
@@ -128,32 +130,105 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// Steps logged so far in `run`'s `metrics.jsonl` (event records and a torn last line
+/// not counted).
+fn steps_logged(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|r| r.get("event").is_none())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `job` to the end; returns how long it took to log its first step and in all.
+fn timed_run(job: &Job) -> (Duration, Duration) {
+    let stderr = job.run.with_extension("stderr");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args([job.command, "--config"])
+        .arg(&job.recipe)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first_step = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if first_step.is_none() && steps_logged(&job.run) > 0 {
+            first_step = Some(started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{} run did not finish in time",
+            job.label
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        status.success(),
+        "{} failed:\n{}",
+        job.label,
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    let full = started.elapsed();
+    (first_step.unwrap_or(full), full)
+}
+
 /// Runs `reference` uninterrupted, then SIGKILLs `crashed` [`KILLS`] times at seeded
 /// random moments, reruns it to the end, and compares. The weights must have moved away
 /// from `initial` (else the comparison proves nothing). Returns the bytes of weights compared.
+///
+/// Key decision: kills are placed by the crashed run's own progress, not by the clock
+/// of the reference run, so a machine that is busier for one run than for the other
+/// cannot make a run finish before its kills land. Most kills wait for a seeded random
+/// number of further steps to be logged, then a random fraction of one step's time
+/// (so they land inside training steps and checkpoint writes alike); some land a random
+/// fraction into start-up (loading, resuming, DPO's reference pass).
 fn campaign(initial: &Path, reference: &Job, crashed: &Job, steps: usize, seed: u64) -> usize {
-    let t0 = Instant::now();
-    reference.finish(Duration::from_secs(300));
-    let full = t0.elapsed();
-    eprintln!("{}: uninterrupted run took {full:?}", reference.label);
+    let (startup, full) = timed_run(reference);
+    let per_step = (full - startup).div_f64(steps as f64);
+    eprintln!(
+        "{}: uninterrupted run took {full:?} ({startup:?} to its first step)",
+        reference.label
+    );
 
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut kills, mut in_writes, mut starts, mut latest_seen) = (0, 0, 0, Vec::new());
-    // A resumed process skips the steps already checkpointed, so each delay is a
-    // fraction of what is left of the run (the steps not yet logged).
     while kills < KILLS {
-        let done = std::fs::read_to_string(crashed.run.join("metrics.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
+        let done = steps_logged(&crashed.run);
         assert!(
-            done < steps && starts < 8 * KILLS,
-            "{}: the run finished (or {starts} starts passed) with only {kills} kills landed",
+            done + 2 < steps && starts < 4 * KILLS,
+            "{}: the run reached step {done} of {steps} (or {starts} starts passed) with only \
+             {kills} kills landed",
             crashed.label
         );
-        let left = 1.0 - done as f64 / steps as f64;
         let mut child = crashed.start();
         starts += 1;
-        std::thread::sleep(full.mul_f64(rng.random_range(0.02..0.4) * left));
+        if 2 * done < steps && rng.random_range(0..4) == 0 {
+            std::thread::sleep(startup.mul_f64(rng.random_range(0.05..1.0)));
+        } else {
+            // Kill after step `target` is logged, leaving at least one step to run.
+            let room = (steps - done - 2).div_ceil(KILLS - kills).max(1);
+            let target = done + 1 + rng.random_range(0..room);
+            let mut reached = None;
+            let jitter = per_step.mul_f64(rng.random_range(0.0..1.0));
+            // Then a random fraction of a step, but never past the next step's record.
+            while child.try_wait().unwrap().is_none() {
+                let logged = steps_logged(&crashed.run);
+                if logged >= target {
+                    let at = *reached.get_or_insert_with(Instant::now);
+                    if logged > target || at.elapsed() >= jitter {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        }
         if child.try_wait().unwrap().is_none() {
             unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
             kills += 1;
@@ -174,7 +249,7 @@ fn campaign(initial: &Path, reference: &Job, crashed: &Job, steps: usize, seed: 
             latest_seen.push(target);
         }
     }
-    crashed.finish(full * 4 + Duration::from_secs(60));
+    crashed.finish(full * 4 + Duration::from_secs(120));
 
     let (a, b) = (reference.losses(), crashed.losses());
     assert_eq!(
@@ -363,6 +438,37 @@ fn async_grpo_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
     let dir = scratch("grpo-async");
     let model = tiny_model(&dir);
     let generation = "async_generation = true\nmax_staleness = 0";
-    let job = |run: &str| grpo_job("grpo (async, staleness 0)", &dir, &model, run, 30, generation);
+    let job = |run: &str| {
+        grpo_job(
+            "grpo (async, staleness 0)",
+            &dir,
+            &model,
+            run,
+            30,
+            generation,
+        )
+    };
     campaign(&model, &job("reference"), &job("crashed"), 30, 19);
+}
+
+/// `smelt grpo` with asynchronous generation one weight version ahead
+/// (`max_staleness = 1`): a checkpoint holds the rollouts generated from weights older
+/// than its own, so a resumed run trains on exactly what the uninterrupted one did.
+/// 30 steps.
+#[test]
+fn async_grpo_staleness_1_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
+    let dir = scratch("grpo-async-s1");
+    let model = tiny_model(&dir);
+    let generation = "async_generation = true\nmax_staleness = 1";
+    let job = |run: &str| {
+        grpo_job(
+            "grpo (async, staleness 1)",
+            &dir,
+            &model,
+            run,
+            30,
+            generation,
+        )
+    };
+    campaign(&model, &job("reference"), &job("crashed"), 30, 23);
 }

@@ -235,7 +235,10 @@ fn regenerate_parquet_seeds() {
     let file = std::fs::File::create(dir.join("string_ids.parquet")).unwrap();
     let mut writer = SerializedFileWriter::new(file, schema, props).unwrap();
     for (texts, ids) in [
-        (&["First document.", "Second, with caf\u{e9}."][..], &["a", "b"][..]),
+        (
+            &["First document.", "Second, with caf\u{e9}."][..],
+            &["a", "b"][..],
+        ),
         (&["Third.", ""][..], &["c"][..]),
     ] {
         let mut group = writer.next_row_group().unwrap();

@@ -37,10 +37,7 @@ pub fn check_dictionary_pages(reader: &SerializedFileReader<File>) -> Result<(),
     for g in 0..meta.num_row_groups() {
         for c in 0..meta.row_group(g).num_columns() {
             let column = meta.row_group(g).column(c);
-            let bits = min_bits(
-                column.column_type(),
-                column.column_descr().type_length(),
-            );
+            let bits = min_bits(column.column_type(), column.column_descr().type_length());
             let checked = catch_unwind(AssertUnwindSafe(|| {
                 let Ok(group) = reader.get_row_group(g) else {
                     return Ok(());
