@@ -365,6 +365,8 @@ async fn produce(
                 return;
             }
         };
+        // free what only this batch needed before waiting on a full channel
+        snapshots.retain(|v, _| *v >= schedule.version_of(index + 1));
         let failed = result.is_err();
         let item = result.map(|rollouts| GeneratedBatch {
             index,

@@ -56,7 +56,7 @@ struct Pending {
 enum Mode {
     Sync(Box<dyn Generator>, Box<dyn PromptSource>),
     /// Behind a `RefCell` because saving a cursor (`&self`) waits for in-flight batches.
-    Async(RefCell<AsyncState>),
+    Async(Box<RefCell<AsyncState>>),
 }
 
 /// The asynchronous side of the source.
@@ -95,12 +95,12 @@ impl GrpoSource {
     ) -> Result<Self> {
         config.validate(grad_accumulation_steps)?;
         let mode = if config.async_generation {
-            Mode::Async(RefCell::new(AsyncState {
+            Mode::Async(Box::new(RefCell::new(AsyncState {
                 parts: Some((generator, prompts)),
                 service: None,
                 ready: VecDeque::new(),
                 failed: None,
-            }))
+            })))
         } else {
             Mode::Sync(generator, prompts)
         };
