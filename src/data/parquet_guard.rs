@@ -1,19 +1,72 @@
-//! A pre-read check of a Parquet file's dictionary pages, run before any row is decoded.
+//! Guards for reading outside Parquet files with the `parquet` crate: a file source
+//! whose readers fail at end of file, and a pre-read check of every dictionary page.
 //!
-//! Key decision: the `parquet` crate sizes a column's dictionary from the `num_values`
-//! its dictionary page header declares (`DictDecoder::set_dict` resizes a vector of that
-//! many values), so a file whose header lies (`num_values` ≈ 2^29 in a 500-byte file)
-//! makes it allocate and zero tens of GB before any error. Every reader of outside
-//! Parquet therefore walks each column chunk's page headers first (data pages are
-//! skipped without being read) and refuses a dictionary page that declares more values
-//! than its bytes can hold under plain encoding, naming the row group and the column.
+//! Key decisions:
+//! - The crate sizes a column's dictionary from the `num_values` its dictionary page
+//!   header declares (`DictDecoder::set_dict` resizes a vector of that many values), so
+//!   a file whose header lies (`num_values` ≈ 2^29 in a 500-byte file) makes it allocate
+//!   and zero tens of GB before any error. Every reader of outside Parquet therefore
+//!   walks each column chunk's page headers first (data pages are skipped unread) and
+//!   refuses a dictionary page that declares more values than its bytes can hold under
+//!   plain encoding, naming the row group and the column.
+//! - The crate skips unknown Thrift fields of a page header with `io::copy`, which stops
+//!   quietly at end of file; a header declaring a list of 2^31 elements then costs 2^31
+//!   empty reads (minutes to hours for a 500-byte file). [`StrictFile`] makes a read at
+//!   end of file an error instead, so such a header fails at once.
 
 use std::fs::File;
+use std::io::{BufReader, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use bytes::Bytes;
 use parquet::basic::Type as PhysicalType;
 use parquet::column::page::{Page, PageReader};
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, Length, SerializedFileReader};
+
+/// A Parquet file whose readers return an error, not 0 bytes, when asked to read past
+/// its end (see the module docs).
+pub struct StrictFile(File);
+
+impl StrictFile {
+    /// Wraps an open file.
+    pub fn new(file: File) -> Self {
+        StrictFile(file)
+    }
+}
+
+impl Length for StrictFile {
+    fn len(&self) -> u64 {
+        Length::len(&self.0)
+    }
+}
+
+impl ChunkReader for StrictFile {
+    type T = EofIsError<BufReader<File>>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(EofIsError(self.0.get_read(start)?))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.0.get_bytes(start, length)
+    }
+}
+
+/// A reader for which end of input is an `UnexpectedEof` error.
+pub struct EofIsError<R>(R);
+
+impl<R: Read> Read for EofIsError<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "Parquet data ends before the length it declares",
+            ));
+        }
+        Ok(n)
+    }
+}
 
 /// Fewest bits one plain-encoded value of `ty` takes (`type_length` bytes for
 /// `FIXED_LEN_BYTE_ARRAY`, a 4-byte length prefix for `BYTE_ARRAY`).
@@ -32,7 +85,7 @@ fn min_bits(ty: PhysicalType, type_length: i32) -> u64 {
 /// the file). A column chunk the `parquet` crate panics on while walking it (e.g. a
 /// negative offset in the footer: `column start and length should not be negative`) is
 /// refused the same way; a page it merely cannot read is left for the row reader.
-pub fn check_dictionary_pages(reader: &SerializedFileReader<File>) -> Result<(), String> {
+pub fn check_dictionary_pages(reader: &SerializedFileReader<StrictFile>) -> Result<(), String> {
     let meta = reader.metadata();
     for g in 0..meta.num_row_groups() {
         for c in 0..meta.row_group(g).num_columns() {
