@@ -42,7 +42,7 @@ pub fn small_corpus(dir: &Path, n: usize) -> PathBuf {
 
 /// Overrides that shrink the embedded pipeline to seconds: a 2-layer 64-wide model,
 /// 60 pretraining steps, 40 SFT steps and a few DPO/GRPO steps, with warn-only gates.
-pub const SHRUNKEN: [&str; 27] = [
+pub const SHRUNKEN: [&str; 28] = [
     "arithmetic.pretrain_rows=600",
     "arithmetic.sft_rows=600",
     "arithmetic.dpo_rows=64",
@@ -70,6 +70,7 @@ pub const SHRUNKEN: [&str; 27] = [
     "grpo.grpo.per_device_train_batch_size=8",
     "grpo.train.max_steps=2",
     "grpo.train.save_every=2",
+    "grpo.train.schedule={ kind = \"linear\", warmup_steps = 0 }",
 ];
 
 /// Overrides on top of [`SHRUNKEN`] with which SFT and DPO measurably improve their
