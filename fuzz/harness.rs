@@ -6,6 +6,8 @@
 //! its iteration and replays exactly; `SMELT_FUZZ_ITERS` (default 2000) sets the random
 //! cases per reader, on top of a deterministic pass over each seed (truncation at every
 //! region boundary, every plausible length/offset field rewritten to a huge value).
+//! `SMELT_FUZZ_SECS`, when set, replaces the iteration count with a wall-clock budget
+//! for the random cases (long local runs: `fuzz/long_run.sh`).
 
 #![allow(dead_code)]
 
@@ -375,6 +377,7 @@ pub fn fuzz(target: Target) {
 
     let mut failures = Vec::new();
     let (cases, errors) = (Cell::new(0usize), Cell::new(0usize));
+    let rss_blamed = Cell::new(false);
     let check = |bytes: &[u8], what: String, failures: &mut Vec<String>| {
         cases.set(cases.get() + 1);
         std::fs::write(&input, bytes).unwrap();
@@ -405,6 +408,17 @@ pub fn fuzz(target: Target) {
         }
         if took > CASE_LIMIT {
             failures.push(format!("{what}: took {took:?}"));
+        }
+        // Peak RSS only grows, so the first case past the budget is the one to blame.
+        let grown = smelt::telemetry::peak_rss_mb().unwrap_or(0.0) - base_rss;
+        if grown >= RSS_BUDGET_MB && !rss_blamed.get() {
+            rss_blamed.set(true);
+            let saved = work.join(format!("oom-{}-{}", failures.len(), target.file_name));
+            std::fs::write(&saved, bytes).unwrap();
+            failures.push(format!(
+                "{what}: peak RSS grew by {grown:.0} MB; input saved at {}",
+                saved.display()
+            ));
         }
     };
 
@@ -447,7 +461,30 @@ pub fn fuzz(target: Target) {
     }
     let deterministic = cases.get();
     let mut rng = Rng::new(env_u64("SMELT_FUZZ_SEED", 0) ^ fnv(target.name));
-    for iter in 0..env_u64("SMELT_FUZZ_ITERS", 2000) {
+    let budget = std::env::var("SMELT_FUZZ_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(Duration::from_secs_f64);
+    let iters = if budget.is_some() {
+        u64::MAX
+    } else {
+        env_u64("SMELT_FUZZ_ITERS", 2000)
+    };
+    for iter in 0..iters {
+        if let Some(b) = budget {
+            if started.elapsed() >= b {
+                break;
+            }
+            if iter % 1000 == 0 {
+                eprintln!(
+                    "fuzz {}: {:.0}s, {} cases, {} failures",
+                    target.name,
+                    started.elapsed().as_secs_f64(),
+                    cases.get(),
+                    failures.len()
+                );
+            }
+        }
         let i = rng.below(seeds.len());
         let structured = if rng.below(3) == 0 {
             mutate_structured(&seeds[i], target.structure, &mut rng)

@@ -1,7 +1,8 @@
 //! Deterministic mutation fuzzing of every core reader of outside input.
 //!
-//! Run: `cargo test --release --test fuzz_readers` (`SMELT_FUZZ_ITERS=200000` for a long
-//! local run; `SMELT_FUZZ_SEED` picks another mutation stream).
+//! Run: `cargo test --release --test fuzz_readers` (`SMELT_FUZZ_ITERS=200000` or
+//! `SMELT_FUZZ_SECS=600` for a long local run, `fuzz/long_run.sh` for every target;
+//! `SMELT_FUZZ_SEED` picks another mutation stream).
 //!
 //! Key decision: cargo-fuzz needs nightly and a libFuzzer runtime that CI does not have, so
 //! the fuzzer is plain test code: a seeded splitmix64 stream mutates committed seed files
@@ -369,5 +370,59 @@ fn write_parquet_seeds(dir: &Path) {
                 Some(vec![0, 1, 0]),
             ),
         ],
+    );
+}
+
+/// Found by `parquet_records` in a 10-minute run (its random stream, `SMELT_FUZZ_SEED=0`,
+/// past iteration 16,000): a dictionary page header whose `num_values` was mutated to
+/// about 2^29 in a 547-byte file made the `parquet` crate's `DictDecoder::set_dict`
+/// allocate and zero 17 GB (16 GB of peak RSS, or an abort under a memory limit) before
+/// any error. The readers now check every dictionary page's declared count against its
+/// bytes before decoding rows (`smelt::data::parquet_guard`), naming the column. The
+/// input is committed as found under `fuzz/regressions/`.
+#[test]
+fn parquet_dictionary_page_with_a_lying_value_count_is_refused_before_allocating() {
+    let found = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/parquet_dictionary_lying_num_values.parquet");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.parquet");
+    std::fs::copy(found, &path).unwrap();
+    let before = smelt::telemetry::peak_rss_mb().unwrap_or(0.0);
+    let opts = smelt::data::RecordOptions::default();
+    let err = match smelt::data::read_records(&path, &opts) {
+        Err(e) => e.to_string(),
+        Ok(rows) => rows
+            .filter_map(Result::err)
+            .map(|e| e.to_string())
+            .next()
+            .expect("the lying file must be rejected"),
+    };
+    assert!(
+        err.contains("records.parquet") && err.contains("dictionary page declares"),
+        "{err}"
+    );
+    let grown = smelt::telemetry::peak_rss_mb().unwrap_or(0.0) - before;
+    assert!(grown < 256.0, "peak RSS grew by {grown:.0} MB");
+}
+
+/// Found by `parquet_records` in its 10-minute rerun after the dictionary check above
+/// went in: a footer whose column chunk offset is negative makes the `parquet` crate
+/// panic (`column start and length should not be negative`) when the check opens that
+/// chunk's pages. The check now refuses such a chunk, naming it.
+#[test]
+fn parquet_column_chunk_with_a_negative_offset_is_refused_not_a_panic() {
+    let found = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/parquet_negative_column_offset.parquet");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.parquet");
+    std::fs::copy(found, &path).unwrap();
+    let opts = smelt::data::RecordOptions::default();
+    let err = smelt::data::read_records(&path, &opts)
+        .err()
+        .expect("the corrupt footer must be refused at open")
+        .to_string();
+    assert!(
+        err.contains("records.parquet") && err.contains("corrupt column chunk metadata"),
+        "{err}"
     );
 }

@@ -43,9 +43,21 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Pretrain(args) if args.plan => {
+            commands::print_plan(&args, smelt_recipes::RecipeKind::Pretrain)
+        }
         Command::Pretrain(args) => commands::pretrain::run(args),
+        Command::Sft(args) if args.plan => {
+            commands::print_plan(&args, smelt_recipes::RecipeKind::Sft)
+        }
         Command::Sft(args) => commands::sft::run(args),
+        Command::Dpo(args) if args.plan => {
+            commands::print_plan(&args, smelt_recipes::RecipeKind::Dpo)
+        }
         Command::Dpo(args) => commands::dpo::run(args),
+        Command::Grpo(args) if args.plan => {
+            commands::print_plan(&args, smelt_recipes::RecipeKind::Grpo)
+        }
         Command::Grpo(args) => commands::grpo::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Convert(args) => commands::convert::run(args),

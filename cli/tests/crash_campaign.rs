@@ -1,14 +1,18 @@
-//! The crash campaign for post-training: kill `smelt sft` and `smelt grpo` with SIGKILL
-//! at random moments (seeded), rerun the same command each time, and require the result
-//! to equal an uninterrupted run: every logged loss bit-identical, final weights
-//! identical, and every checkpoint `latest` ever pointed at loads cleanly.
+//! The crash campaign for post-training: kill `smelt sft`, `smelt dpo` and `smelt grpo`
+//! (synchronous, and with asynchronous generation at `max_staleness` 0 and 1) with
+//! SIGKILL at random moments (seeded), rerun the same command each time, and require
+//! the result to equal an uninterrupted run: every logged loss bit-identical, final
+//! weights identical, and every checkpoint `latest` ever pointed at loads cleanly.
 //! `cli/tests/pretrain_crash_resume.rs` does the same for `smelt pretrain`.
 //!
-//! Key decision: both recipes checkpoint after every step (`save_every = 1`), so most of
-//! a process's life is spent near or inside a checkpoint write and the random kills land
-//! there too. GRPO runs synchronously (`async_generation = false`, `max_staleness = 0`):
-//! its rollouts are then a function of the checkpointed weights, prompt cursor and seeds
-//! alone, which is what makes an exact resume possible.
+//! Key decision: every recipe checkpoints after every step (`save_every = 1`), so most
+//! of a process's life is spent near or inside a checkpoint write and the random kills
+//! land there too. GRPO's rollouts must be a function of the checkpointed weights,
+//! prompt cursor and seeds alone for an exact resume: with `max_staleness = 0` each
+//! step's rollouts wait for the weights of the step before, inline or on the
+//! asynchronous generator task; with `max_staleness = 1` batch `n` is generated from
+//! exactly weight version `n - 1`, and a checkpoint stores the rollouts generated from
+//! weights older than its own.
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::Value;
@@ -57,6 +61,8 @@ fn tiny_model(dir: &Path) -> PathBuf {
 /// One CLI job: `smelt <command> --config <recipe>` writing into `run`.
 struct Job {
     command: &'static str,
+    /// Name in messages (the command, or the command and its mode).
+    label: &'static str,
     recipe: PathBuf,
     run: PathBuf,
 }
@@ -124,32 +130,105 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// Steps logged so far in `run`'s `metrics.jsonl` (event records and a torn last line
+/// not counted).
+fn steps_logged(run: &Path) -> usize {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|r| r.get("event").is_none())
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `job` to the end; returns how long it took to log its first step and in all.
+fn timed_run(job: &Job) -> (Duration, Duration) {
+    let stderr = job.run.with_extension("stderr");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args([job.command, "--config"])
+        .arg(&job.recipe)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first_step = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if first_step.is_none() && steps_logged(&job.run) > 0 {
+            first_step = Some(started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{} run did not finish in time",
+            job.label
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(
+        status.success(),
+        "{} failed:\n{}",
+        job.label,
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    let full = started.elapsed();
+    (first_step.unwrap_or(full), full)
+}
+
 /// Runs `reference` uninterrupted, then SIGKILLs `crashed` [`KILLS`] times at seeded
 /// random moments, reruns it to the end, and compares. The weights must have moved away
 /// from `initial` (else the comparison proves nothing). Returns the bytes of weights compared.
+///
+/// Key decision: kills are placed by the crashed run's own progress, not by the clock
+/// of the reference run, so a machine that is busier for one run than for the other
+/// cannot make a run finish before its kills land. Most kills wait for a seeded random
+/// number of further steps to be logged, then a random fraction of one step's time
+/// (so they land inside training steps and checkpoint writes alike); some land a random
+/// fraction into start-up (loading, resuming, DPO's reference pass).
 fn campaign(initial: &Path, reference: &Job, crashed: &Job, steps: usize, seed: u64) -> usize {
-    let t0 = Instant::now();
-    reference.finish(Duration::from_secs(300));
-    let full = t0.elapsed();
-    eprintln!("{}: uninterrupted run took {full:?}", reference.command);
+    let (startup, full) = timed_run(reference);
+    let per_step = (full - startup).div_f64(steps as f64);
+    eprintln!(
+        "{}: uninterrupted run took {full:?} ({startup:?} to its first step)",
+        reference.label
+    );
 
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut kills, mut in_writes, mut starts, mut latest_seen) = (0, 0, 0, Vec::new());
-    // A resumed process skips the steps already checkpointed, so each delay is a
-    // fraction of what is left of the run (the steps not yet logged).
     while kills < KILLS {
-        let done = std::fs::read_to_string(crashed.run.join("metrics.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
+        let done = steps_logged(&crashed.run);
         assert!(
-            done < steps && starts < 8 * KILLS,
-            "{}: the run finished (or {starts} starts passed) with only {kills} kills landed",
-            crashed.command
+            done + 2 < steps && starts < 4 * KILLS,
+            "{}: the run reached step {done} of {steps} (or {starts} starts passed) with only \
+             {kills} kills landed",
+            crashed.label
         );
-        let left = 1.0 - done as f64 / steps as f64;
         let mut child = crashed.start();
         starts += 1;
-        std::thread::sleep(full.mul_f64(rng.random_range(0.02..0.4) * left));
+        if 2 * done < steps && rng.random_range(0..4) == 0 {
+            std::thread::sleep(startup.mul_f64(rng.random_range(0.05..1.0)));
+        } else {
+            // Kill after step `target` is logged, leaving at least one step to run.
+            let room = (steps - done - 2).div_ceil(KILLS - kills).max(1);
+            let target = done + 1 + rng.random_range(0..room);
+            let mut reached = None;
+            let jitter = per_step.mul_f64(rng.random_range(0.0..1.0));
+            // Then a random fraction of a step, but never past the next step's record.
+            while child.try_wait().unwrap().is_none() {
+                let logged = steps_logged(&crashed.run);
+                if logged >= target {
+                    let at = *reached.get_or_insert_with(Instant::now);
+                    if logged > target || at.elapsed() >= jitter {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        }
         if child.try_wait().unwrap().is_none() {
             unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
             kills += 1;
@@ -170,37 +249,37 @@ fn campaign(initial: &Path, reference: &Job, crashed: &Job, steps: usize, seed: 
             latest_seen.push(target);
         }
     }
-    crashed.finish(full * 4 + Duration::from_secs(60));
+    crashed.finish(full * 4 + Duration::from_secs(120));
 
     let (a, b) = (reference.losses(), crashed.losses());
     assert_eq!(
         a.len(),
         steps,
         "{} logged {} steps",
-        reference.command,
+        reference.label,
         a.len()
     );
     assert_eq!(
         a, b,
         "{}: losses of the resumed run differ from the uninterrupted run",
-        crashed.command
+        crashed.label
     );
     let (wa, wb) = (
         weights(&reference.run.join("latest")),
         weights(&crashed.run.join("latest")),
     );
-    assert_eq!(wa, wb, "{}: final weights differ", crashed.command);
+    assert_eq!(wa, wb, "{}: final weights differ", crashed.label);
     assert_ne!(
         wa,
         weights(initial),
         "{}: training never moved the weights",
-        crashed.command
+        crashed.label
     );
     let bytes: usize = wa.iter().map(|(_, w)| 4 * w.len()).sum();
     eprintln!(
         "{}: {kills} SIGKILLs ({in_writes} inside a checkpoint write), {starts} resumes, \
          latest named {} checkpoints, {} losses and {bytes} weight bytes identical",
-        crashed.command,
+        crashed.label,
         latest_seen.len(),
         a.len()
     );
@@ -237,6 +316,7 @@ fn sft_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
         .unwrap();
         Job {
             command: "sft",
+            label: "sft",
             recipe,
             run: out,
         }
@@ -244,37 +324,151 @@ fn sft_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
     campaign(&model, &job("reference"), &job("crashed"), 120, 11);
 }
 
-/// `smelt grpo` on arithmetic prompts: 40 synchronous steps of 2 prompts × 4 completions,
-/// a checkpoint after each. A random model never answers right, so beside `math_answer`
-/// a digit-format reward gives the groups non-zero advantages (else every gradient is 0
-/// and the weights never move, which would make the comparison vacuous).
+/// `smelt dpo` on 12 conversational preference pairs: 60 steps, a checkpoint after each,
+/// reference log-probs precomputed before training (so every resume recomputes them
+/// from the reference model, not from the resumed policy).
 #[test]
-fn grpo_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
-    let dir = scratch("grpo");
+fn dpo_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
+    dpo_campaign("dpo", "dpo", "loss_type = \"sigmoid\"");
+}
+
+/// `smelt dpo` with `bco_pair` shifted by its running reward mean: the mean is state of
+/// the loss that no checkpoint holds, so a resumed run restarts it from zero and its
+/// losses part from the uninterrupted run's at the first resumed step.
+#[test]
+#[ignore = "known gap: the bco_pair running mean is not checkpointed (no algorithm-state slot in checkpoints yet)"]
+fn dpo_bco_running_mean_sigkill_then_resume_equals_uninterrupted_run() {
+    dpo_campaign(
+        "dpo-bco",
+        "dpo (bco_pair, running mean)",
+        "loss_type = [\"sigmoid\", \"bco_pair\"]\nbco_running_mean = true",
+    );
+}
+
+/// The DPO campaign with `loss` (TOML lines of `[dpo]`) in scratch folder `name`.
+fn dpo_campaign(name: &str, label: &'static str, loss: &str) {
+    let dir = scratch(name);
     let model = tiny_model(&dir);
+    let data = dir.join("pairs.jsonl");
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                r#"{{"prompt": [{{"role": "user", "content": "What is {i} plus 3?"}}], "chosen": [{{"role": "assistant", "content": "It is {}."}}], "rejected": [{{"role": "assistant", "content": "It is {}."}}]}}"#,
+                i + 3,
+                i + 4
+            )
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
     let job = |run: &str| {
         let recipe = dir.join(format!("{run}.toml"));
         let out = dir.join(run);
         std::fs::write(
             &recipe,
             format!(
-                "model = {model:?}\nmax_batch = 8\n\
-                 [data]\narithmetic = {{ task = {{ seed = 7, max_operand = 9 }}, num_prompts = 16 }}\n\
-                 [[rewards]]\nkind = \"math_answer\"\n\
-                 [[rewards]]\nkind = \"format_regex\"\npattern = \"[0-9]\"\n\
-                 [grpo]\nnum_generations = 4\nper_device_train_batch_size = 8\n\
-                 max_completion_length = 8\ntemperature = 1.0\nasync_generation = false\n\
-                 max_staleness = 0\n\
-                 [train]\noutput_dir = {out:?}\nmax_steps = 40\nlearning_rate = 1e-3\n\
+                "model = {model:?}\n[data]\ntrain_files = [{data:?}]\n\
+                 per_device_train_batch_size = 2\n\
+                 [dpo]\nmax_length = 64\nbeta = 0.1\n{loss}\n\
+                 precompute_ref_log_probs = true\n\
+                 [train]\noutput_dir = {out:?}\nmax_steps = 60\nlearning_rate = 1e-3\n\
                  save_every = 1\nkeep_last = 2\nprogress = false\nplots = false\n",
             ),
         )
         .unwrap();
         Job {
-            command: "grpo",
+            command: "dpo",
+            label,
             recipe,
             run: out,
         }
     };
+    campaign(&model, &job("reference"), &job("crashed"), 60, 17);
+}
+
+/// A `smelt grpo` job on arithmetic prompts: 2 prompts × 4 completions per step, a
+/// checkpoint after each. A random model never answers right, so beside `math_answer` a
+/// digit-format reward gives the groups non-zero advantages (else every gradient is 0
+/// and the weights never move, which would make the comparison vacuous).
+fn grpo_job(
+    label: &'static str,
+    dir: &Path,
+    model: &Path,
+    run: &str,
+    steps: usize,
+    generation: &str,
+) -> Job {
+    let recipe = dir.join(format!("{run}.toml"));
+    let out = dir.join(run);
+    std::fs::write(
+        &recipe,
+        format!(
+            "model = {model:?}\nmax_batch = 8\n\
+             [data]\narithmetic = {{ task = {{ seed = 7, max_operand = 9 }}, num_prompts = 16 }}\n\
+             [[rewards]]\nkind = \"math_answer\"\n\
+             [[rewards]]\nkind = \"format_regex\"\npattern = \"[0-9]\"\n\
+             [grpo]\nnum_generations = 4\nper_device_train_batch_size = 8\n\
+             max_completion_length = 8\ntemperature = 1.0\n{generation}\n\
+             [train]\noutput_dir = {out:?}\nmax_steps = {steps}\nlearning_rate = 1e-3\n\
+             save_every = 1\nkeep_last = 2\nprogress = false\nplots = false\n",
+        ),
+    )
+    .unwrap();
+    Job {
+        command: "grpo",
+        label,
+        recipe,
+        run: out,
+    }
+}
+
+/// `smelt grpo`, synchronous generation: 40 steps.
+#[test]
+fn grpo_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
+    let dir = scratch("grpo");
+    let model = tiny_model(&dir);
+    let generation = "async_generation = false\nmax_staleness = 0";
+    let job = |run: &str| grpo_job("grpo (sync)", &dir, &model, run, 40, generation);
     campaign(&model, &job("reference"), &job("crashed"), 40, 13);
+}
+
+/// `smelt grpo` with generation on the asynchronous generator task (`max_staleness = 0`):
+/// 30 steps; a kill may land while the generator is mid-rollout for the next step.
+#[test]
+fn async_grpo_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
+    let dir = scratch("grpo-async");
+    let model = tiny_model(&dir);
+    let generation = "async_generation = true\nmax_staleness = 0";
+    let job = |run: &str| {
+        grpo_job(
+            "grpo (async, staleness 0)",
+            &dir,
+            &model,
+            run,
+            30,
+            generation,
+        )
+    };
+    campaign(&model, &job("reference"), &job("crashed"), 30, 19);
+}
+
+/// `smelt grpo` with asynchronous generation one weight version ahead
+/// (`max_staleness = 1`): a checkpoint holds the rollouts generated from weights older
+/// than its own, so a resumed run trains on exactly what the uninterrupted one did.
+/// 30 steps.
+#[test]
+fn async_grpo_staleness_1_sigkill_anywhere_then_resume_equals_uninterrupted_run() {
+    let dir = scratch("grpo-async-s1");
+    let model = tiny_model(&dir);
+    let generation = "async_generation = true\nmax_staleness = 1";
+    let job = |run: &str| {
+        grpo_job(
+            "grpo (async, staleness 1)",
+            &dir,
+            &model,
+            run,
+            30,
+            generation,
+        )
+    };
+    campaign(&model, &job("reference"), &job("crashed"), 30, 23);
 }

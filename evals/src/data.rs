@@ -319,6 +319,13 @@ fn bigbench(task: &Task, text: &str) -> Result<Vec<Doc>> {
                         ))
                     }
                 };
+                if doc.answers.is_empty() {
+                    return Err(data_err(
+                        task,
+                        line,
+                        "gold field `target` has no string answers",
+                    ));
+                }
             }
             _ => {
                 return Err(data_err(

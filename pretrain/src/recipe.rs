@@ -91,6 +91,10 @@ pub struct ModelSection {
     pub no_rope_layer_interval: Option<usize>,
     /// Seed of the random initialisation (normal std 0.02; default 0).
     pub init_seed: u64,
+    /// Rows of the embedding (default: the tokenizer's vocabulary). When given it must be
+    /// at least the tokenizer's size (larger pads the embedding); it also lets a plan count
+    /// parameters before the tokenizer is on disk.
+    pub vocab_size: Option<usize>,
 }
 
 impl Default for ModelSection {
@@ -109,6 +113,7 @@ impl Default for ModelSection {
             tie_word_embeddings: true,
             no_rope_layer_interval: None,
             init_seed: 0,
+            vocab_size: None,
         }
     }
 }
@@ -122,6 +127,16 @@ impl ModelSection {
         eos: Option<u32>,
         origin: &Path,
     ) -> Result<ModelConfig> {
+        let vocab_size = match self.vocab_size {
+            Some(n) if n < vocab_size => {
+                return Err(Error::config(
+                    origin.join("[model]"),
+                    format!("`vocab_size` {n} is smaller than the tokenizer's {vocab_size} tokens"),
+                ))
+            }
+            Some(n) => n,
+            None => vocab_size,
+        };
         let mut v = serde_json::json!({
             "model_type": self.model_type, "vocab_size": vocab_size, "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_hidden_layers,

@@ -12,5 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod pipeline;
+pub mod plan;
 
 pub use pipeline::{run_pipeline, PipelineRecipe, Stage, StageRow, Summary};
+pub use plan::{RecipeKind, RecipePlan};

@@ -1,134 +1,43 @@
 //! `RolloutService`: the asynchronous rollout generator with versioned weights.
 //!
-//! A tokio task owns a weight snapshot tagged with a version and produces generation
-//! batches (prompts × `num_generations` [`Rollout`]s) into a bounded channel while the
-//! trainer trains on the previous batch. The trainer [`publish`](RolloutService::publish)es
-//! a *deep copy* of its weights after each optimizer step (candle `Var::set` writes in
-//! place, so a shared `Model` clone would change under the generator's feet).
+//! A tokio task produces generation batches (prompts × `num_generations` [`Rollout`]s)
+//! into a bounded channel while the trainer trains on the previous batch. The trainer
+//! [`publish`](RolloutService::publish)es a *deep copy* of its weights after each optimizer
+//! step (candle `Var::set` writes in place, so a shared `Model` clone would change under
+//! the generator's feet).
 //!
-//! The key decision is **staleness by gating, checked again on receipt**. Generation batch
-//! `n` is first trained on at step `n · steps_per_batch`; the task starts it only once it
-//! holds weights of version `≥ n · steps_per_batch − max_staleness`. So `max_staleness = 0`
-//! is exactly synchronous on-policy GRPO (batch `n` is generated from the very weights the
-//! trainer has when it uses it), and `max_staleness = k` lets generation run `k` versions
-//! ahead. On receipt, [`RolloutService::next`] drops (and counts) any batch older than
-//! `max_staleness` versions anyway (the trainer's version can jump, e.g. several updates
-//! per batch), so no sample staler than the bound is ever trained on.
+//! The key decision is **deterministic bounded staleness** ([`Schedule`]): generation batch
+//! `n`, first trained on at step `n · steps_per_batch`, is generated from *exactly* weight
+//! version `max(floor, n · steps_per_batch − max_staleness)`, never from "whatever is
+//! newest". The task keeps a small map version → snapshot of the versions a batch still
+//! needs (publishing a version no batch needs copies nothing; a snapshot is dropped once
+//! no later batch needs it), so at most about `max_staleness / steps_per_batch + 1`
+//! snapshots are alive. Consequences: `max_staleness = 0` is exactly synchronous
+//! on-policy GRPO; for any staleness the rollouts are a pure function of seeds and the
+//! trainer's weights, whatever the thread timing; and a checkpoint can make resume exact
+//! by [`collect`](RolloutService::collect)ing the batches generated from versions older
+//! than the saved weights and storing them (the caller's data cursor does). On receipt,
+//! [`RolloutService::next`] still drops (and counts) any batch staler than the bound for
+//! the version the caller asks with — by construction none is.
 //!
-//! Prompts and per-sample seeds are a pure function of the batch index
-//! ([`PromptSource::batch`]), so the synchronous loop and the service produce the same
-//! rollouts from the same weights. Failure is loud, never a hang: a generator that panics
-//! or errors ends the task and the next [`RolloutService::next`] returns the error; dropping
-//! the service closes both channels and the task ends at its next await point.
+//! Failure is loud, never a hang: a generator that panics or errors ends the task and the
+//! next [`RolloutService::next`] returns the error; a needed version that was skipped is
+//! an error naming it; dropping the service closes both channels and the task ends at its
+//! next await point.
+
+mod inputs;
+mod schedule;
+
+pub use inputs::{mix_seed, CyclingPrompts, Generator, PromptRow, PromptSource};
+pub use schedule::Schedule;
 
 use crate::rollout::Rollout;
-use rand::{seq::SliceRandom, SeedableRng};
 use smelt::{Error, Model, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
-
-/// One prompt to sample `num_generations` completions of.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PromptRow {
-    /// Index of the prompt in its dataset (the GRPO group key).
-    pub index: u64,
-    /// Prompt token ids (chat template applied).
-    pub prompt_ids: Vec<u32>,
-    /// Seed of this prompt's samples in this batch (sample `j` uses a seed derived from it).
-    pub seed: u64,
-    /// The dataset row (reference answer, metadata) for reward functions.
-    pub data: serde_json::Value,
-}
-
-/// Turns prompts into scored rollouts with the given weights.
-pub trait Generator: Send {
-    /// `num_generations` rollouts per prompt, grouped by prompt in `prompts` order, each
-    /// tagged with `version` as its `weight_version`.
-    fn generate(
-        &mut self,
-        model: &Model,
-        prompts: &[PromptRow],
-        version: u64,
-    ) -> Result<Vec<Rollout>>;
-}
-
-/// Where each generation batch's prompts come from.
-pub trait PromptSource: Send {
-    /// The prompts of generation batch `index`: a pure function of `index`, so the batch
-    /// can be regenerated after a resume.
-    fn batch(&mut self, index: u64) -> Result<Vec<PromptRow>>;
-}
-
-/// SplitMix64 finaliser: decorrelates seeds derived from small integers.
-pub fn mix_seed(x: u64) -> u64 {
-    smelt::rng::mix64(x)
-}
-
-/// A fixed prompt list served `per_batch` at a time, reshuffled every epoch from `seed`.
-#[derive(Debug, Clone)]
-pub struct CyclingPrompts {
-    rows: Vec<(Vec<u32>, serde_json::Value)>,
-    per_batch: usize,
-    seed: u64,
-}
-
-impl CyclingPrompts {
-    /// Serves `rows` (prompt ids, data) `per_batch` per generation batch.
-    pub fn new(
-        rows: Vec<(Vec<u32>, serde_json::Value)>,
-        per_batch: usize,
-        seed: u64,
-    ) -> Result<Self> {
-        if rows.is_empty() || per_batch == 0 {
-            return Err(Error::Invalid(format!(
-                "prompts: need at least one prompt and per_batch >= 1 (got {} prompts, per_batch {per_batch})",
-                rows.len()
-            )));
-        }
-        if let Some(i) = rows.iter().position(|r| r.0.is_empty()) {
-            return Err(Error::Invalid(format!("prompts: prompt {i} has no tokens")));
-        }
-        Ok(CyclingPrompts {
-            rows,
-            per_batch,
-            seed,
-        })
-    }
-
-    fn order(&self, epoch: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.rows.len()).collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(mix_seed(self.seed ^ mix_seed(epoch)));
-        order.shuffle(&mut rng);
-        order
-    }
-}
-
-impl PromptSource for CyclingPrompts {
-    fn batch(&mut self, index: u64) -> Result<Vec<PromptRow>> {
-        let len = self.rows.len() as u64;
-        let (mut cached_epoch, mut order) = (u64::MAX, vec![]);
-        (0..self.per_batch as u64)
-            .map(|j| {
-                let global = index * self.per_batch as u64 + j;
-                let epoch = global / len;
-                if epoch != cached_epoch {
-                    order = self.order(epoch);
-                    cached_epoch = epoch;
-                }
-                let i = order[(global % len) as usize];
-                Ok(PromptRow {
-                    index: i as u64,
-                    prompt_ids: self.rows[i].0.clone(),
-                    seed: mix_seed(self.seed ^ mix_seed(global.wrapping_add(1))),
-                    data: self.rows[i].1.clone(),
-                })
-            })
-            .collect()
-    }
-}
+use tokio::sync::mpsc;
 
 /// A deep copy of `model`: fresh storage for every parameter, sharing nothing with it.
 pub fn deep_copy(model: &Model) -> Result<Model> {
@@ -156,10 +65,29 @@ pub struct ServiceConfig {
     pub steps_per_batch: u64,
     /// Index of the first generation batch (a resumed run's position).
     pub start_batch: u64,
+    /// The trainer's weight version when the service starts (0, or a resumed run's
+    /// step): no batch is generated from an older one.
+    pub start_version: u64,
+    /// Threads of the generator's own rayon pool (0 = share the global pool with the
+    /// trainer). Separate pools keep generation and training from queueing behind each
+    /// other's parallel kernels when both run at once.
+    pub generator_threads: usize,
+}
+
+impl ServiceConfig {
+    /// The version schedule these settings give.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            max_staleness: self.max_staleness,
+            steps_per_batch: self.steps_per_batch,
+            start_batch: self.start_batch,
+            floor: self.start_version,
+        }
+    }
 }
 
 /// One generation batch as produced by the service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GeneratedBatch {
     /// Generation batch index.
     pub index: u64,
@@ -178,7 +106,6 @@ impl GeneratedBatch {
     }
 }
 
-#[derive(Clone)]
 struct Snapshot {
     version: u64,
     model: Arc<Model>,
@@ -187,16 +114,19 @@ struct Snapshot {
 /// The asynchronous generator: see the module docs.
 pub struct RolloutService {
     runtime: Option<tokio::runtime::Runtime>,
-    weights: Option<watch::Sender<Option<Snapshot>>>,
+    weights: Option<mpsc::UnboundedSender<Snapshot>>,
     batches: Option<mpsc::Receiver<Result<GeneratedBatch>>>,
     config: ServiceConfig,
+    schedule: Schedule,
+    /// Index of the next batch to receive from the channel.
+    receive_index: u64,
     dropped_batches: u64,
     dropped_rollouts: u64,
     published: Option<u64>,
 }
 
 impl RolloutService {
-    /// Starts the task; it waits for the first [`publish`](Self::publish) before generating.
+    /// Starts the task; it waits for the first needed [`publish`](Self::publish) before generating.
     pub fn start(
         generator: Box<dyn Generator>,
         prompts: Box<dyn PromptSource>,
@@ -208,28 +138,47 @@ impl RolloutService {
                 config.capacity, config.steps_per_batch
             )));
         }
+        let pool = match config.generator_threads {
+            0 => None,
+            n => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("smelt-generate-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        Error::Invalid(format!(
+                            "rollout service: cannot start {n} generator threads: {e}"
+                        ))
+                    })?,
+            )),
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("smelt-rollouts")
             .build()
             .map_err(|e| Error::Invalid(format!("rollout service: cannot start tokio: {e}")))?;
-        let (wtx, wrx) = watch::channel(None);
+        let (wtx, wrx) = mpsc::unbounded_channel();
         let (btx, brx) = mpsc::channel(config.capacity);
-        runtime.spawn(produce(generator, prompts, wrx, btx, config.clone()));
+        let schedule = config.schedule();
+        runtime.spawn(produce(generator, prompts, wrx, btx, schedule, pool));
         Ok(RolloutService {
             runtime: Some(runtime),
             weights: Some(wtx),
             batches: Some(brx),
+            receive_index: config.start_batch,
             config,
+            schedule,
             dropped_batches: 0,
             dropped_rollouts: 0,
             published: None,
         })
     }
 
-    /// Hands the generator a deep copy of `model` as weight version `version`.
+    /// Hands the generator a deep copy of `model` as weight version `version` — only when
+    /// some batch is generated from that version (otherwise nothing is copied). Versions
+    /// must be published in increasing order.
     pub fn publish(&mut self, version: u64, model: &Model) -> Result<()> {
-        if self.published == Some(version) {
+        if self.published.is_some_and(|p| version <= p) || !self.schedule.needs(version) {
             return Ok(());
         }
         let snapshot = Snapshot {
@@ -238,23 +187,24 @@ impl RolloutService {
         };
         let sender = self.weights.as_ref().expect("open until drop");
         // no receiver means the task ended; `next` reports why
-        let _ = sender.send(Some(snapshot));
+        let _ = sender.send(snapshot);
         self.published = Some(version);
         Ok(())
     }
 
-    /// The next batch fresh enough for a trainer at weight version `version`, blocking
-    /// until one is ready; staler batches are dropped and counted. Errors when the
-    /// generator failed or the task is gone.
+    /// The next batch, blocking until it is ready, for a trainer at weight version
+    /// `version`; a batch staler than the bound for that version is dropped and counted
+    /// (the schedule never produces one). Errors when the generator failed or the task is gone.
     pub fn next(&mut self, version: u64) -> Result<GeneratedBatch> {
-        let rx = self.batches.as_mut().expect("open until drop");
+        let needed = self.schedule.version_of(self.receive_index);
+        if needed > version {
+            return Err(Error::Invalid(format!(
+                "rollout service: batch {} is generated from weight version {needed}, but the trainer asks for it at version {version} (it would wait forever)",
+                self.receive_index
+            )));
+        }
         loop {
-            let Some(item) = rx.blocking_recv() else {
-                return Err(Error::Invalid(
-                    "rollout service: the generator task ended without a batch".into(),
-                ));
-            };
-            let batch = item?;
+            let batch = self.receive()?;
             if version.saturating_sub(batch.version) > self.config.max_staleness {
                 self.dropped_batches += 1;
                 self.dropped_rollouts += batch.rollouts.len() as u64;
@@ -262,6 +212,40 @@ impl RolloutService {
             }
             return Ok(batch);
         }
+    }
+
+    /// Every not-yet-received batch generated from a version older than `version`,
+    /// waiting for those still being generated. A checkpoint of weights at `version`
+    /// stores these to resume exactly: the older snapshots they came from are not saved.
+    pub fn collect(&mut self, version: u64) -> Result<Vec<GeneratedBatch>> {
+        let mut out = vec![];
+        while self.schedule.version_of(self.receive_index) < version {
+            out.push(self.receive()?);
+        }
+        Ok(out)
+    }
+
+    /// The next batch in index order, checked against the schedule.
+    fn receive(&mut self) -> Result<GeneratedBatch> {
+        let rx = self.batches.as_mut().expect("open until drop");
+        let Some(item) = rx.blocking_recv() else {
+            return Err(Error::Invalid(
+                "rollout service: the generator task ended without a batch".into(),
+            ));
+        };
+        let batch = item?;
+        let (want_index, want_version) = (
+            self.receive_index,
+            self.schedule.version_of(self.receive_index),
+        );
+        if (batch.index, batch.version) != (want_index, want_version) {
+            return Err(Error::Invalid(format!(
+                "rollout service: got batch {} from version {}, expected batch {want_index} from version {want_version}",
+                batch.index, batch.version
+            )));
+        }
+        self.receive_index += 1;
+        Ok(batch)
     }
 
     /// Batches and rollouts dropped as too stale so far.
@@ -295,25 +279,55 @@ impl Drop for RolloutService {
     }
 }
 
-/// The task: wait for fresh-enough weights, generate on a blocking thread, send, repeat.
+/// Waits until the snapshot of `needed` has arrived; `None` when the service is closing.
+/// Errors when a later version arrived first: then `needed` was skipped and never comes.
+async fn snapshot_of(
+    needed: u64,
+    snapshots: &mut BTreeMap<u64, Arc<Model>>,
+    weights: &mut mpsc::UnboundedReceiver<Snapshot>,
+    tx: &mpsc::Sender<Result<GeneratedBatch>>,
+    index: u64,
+) -> Option<Result<Arc<Model>>> {
+    loop {
+        if let Some(m) = snapshots.get(&needed) {
+            return Some(Ok(m.clone()));
+        }
+        if let Some((&latest, _)) = snapshots.last_key_value().filter(|(v, _)| **v > needed) {
+            return Some(Err(Error::Invalid(format!(
+                "rollout service: batch {index} needs weight version {needed}, but it was never published (version {latest} was)"
+            ))));
+        }
+        tokio::select! {
+            s = weights.recv() => match s {
+                Some(s) => { snapshots.insert(s.version, s.model); }
+                None => return None,
+            },
+            _ = tx.closed() => return None,
+        }
+    }
+}
+
+/// The task: wait for the scheduled version, generate on a blocking thread, send, repeat.
 async fn produce(
     mut generator: Box<dyn Generator>,
     mut prompts: Box<dyn PromptSource>,
-    mut weights: watch::Receiver<Option<Snapshot>>,
+    mut weights: mpsc::UnboundedReceiver<Snapshot>,
     tx: mpsc::Sender<Result<GeneratedBatch>>,
-    config: ServiceConfig,
+    schedule: Schedule,
+    pool: Option<Arc<rayon::ThreadPool>>,
 ) {
-    let mut index = config.start_batch;
+    let mut snapshots: BTreeMap<u64, Arc<Model>> = BTreeMap::new();
+    let mut index = schedule.start_batch;
     loop {
-        let needed = (index * config.steps_per_batch).saturating_sub(config.max_staleness);
-        let snapshot = loop {
-            let current = weights.borrow_and_update().clone();
-            if let Some(s) = current.filter(|s| s.version >= needed) {
-                break s;
-            }
-            tokio::select! {
-                changed = weights.changed() => if changed.is_err() { return },
-                _ = tx.closed() => return,
+        let version = schedule.version_of(index);
+        // no batch from here on needs an older snapshot
+        snapshots.retain(|v, _| *v >= version);
+        let model = match snapshot_of(version, &mut snapshots, &mut weights, &tx, index).await {
+            None => return,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                let _ = tx.send(Err(e)).await;
+                return;
             }
         };
         let rows = match prompts.batch(index) {
@@ -324,9 +338,12 @@ async fn produce(
             }
         };
         let started = Instant::now();
-        let version = snapshot.version;
+        let pool = pool.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let out = generator.generate(&snapshot.model, &rows, version);
+            let out = match &pool {
+                Some(p) => p.install(|| generator.generate(&model, &rows, version)),
+                None => generator.generate(&model, &rows, version),
+            };
             (generator, out)
         })
         .await;
@@ -348,6 +365,8 @@ async fn produce(
                 return;
             }
         };
+        // free what only this batch needed before waiting on a full channel
+        snapshots.retain(|v, _| *v >= schedule.version_of(index + 1));
         let failed = result.is_err();
         let item = result.map(|rollouts| GeneratedBatch {
             index,

@@ -1,5 +1,6 @@
-//! `RolloutService` behaviour with a fake generator (no model work): versions and
-//! gating, staleness dropping, deep-copied snapshots, clean shutdown and loud failure.
+//! `RolloutService` behaviour with a fake generator (no model work): the deterministic
+//! version schedule, collecting in-flight batches, a skipped version as an error,
+//! deep-copied snapshots, clean shutdown and loud failure.
 //! Every test that could hang runs under a timeout.
 
 use candle_core::Device;
@@ -56,6 +57,8 @@ fn service(max_staleness: u64, capacity: usize, panic_on: Option<u64>) -> Rollou
         capacity,
         steps_per_batch: 1,
         start_batch: 0,
+        start_version: 0,
+        generator_threads: 0,
     };
     RolloutService::start(
         Box::new(Fake { panic_on, calls: 0 }),
@@ -88,20 +91,60 @@ fn zero_staleness_waits_for_each_version() {
 }
 
 #[test]
-fn batches_staler_than_the_bound_are_dropped_and_counted() {
+fn each_batch_comes_from_exactly_its_scheduled_version_however_fast_the_trainer_is() {
     within(20, || {
-        let (m, mut s) = (model(), service(1, 2, None));
-        s.publish(0, &m).unwrap();
-        // with staleness 1, batches 0 and 1 may be generated from version 0
-        std::thread::sleep(Duration::from_millis(200));
-        // the trainer jumps to version 3: buffered version-0 batches are 3 versions old
-        s.publish(3, &m).unwrap();
-        let b = s.next(3).unwrap();
-        assert_eq!(b.version, 3);
-        let (batches, rollouts) = s.dropped();
+        let (m, mut s) = (model(), service(2, 4, None));
+        // publish everything at once: a "newest weights" service would use version 5
+        for v in 0..6 {
+            s.publish(v, &m).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for n in 0..6u64 {
+            let b = s.next(n).unwrap();
+            let want = n.saturating_sub(2);
+            assert_eq!((b.index, b.version), (n, want));
+            assert!(b.rollouts.iter().all(|r| r.completion_ids == [want as u32]));
+        }
+        assert_eq!(s.dropped(), (0, 0));
+    });
+}
+
+#[test]
+fn collect_waits_for_the_batches_older_than_a_version() {
+    within(20, || {
+        let (m, mut s) = (model(), service(2, 1, None));
+        for v in 0..3 {
+            s.publish(v, &m).unwrap();
+        }
+        s.next(0).unwrap();
+        // a checkpoint at version 2: batches 1..=3 come from versions 0, 0, 1 (< 2)
+        let got: Vec<(u64, u64)> = s
+            .collect(2)
+            .unwrap()
+            .iter()
+            .map(|b| (b.index, b.version))
+            .collect();
+        assert_eq!(got, [(1, 0), (2, 0), (3, 1)]);
         assert!(
-            batches >= 1 && rollouts == 2 * batches,
-            "dropped {batches} batches, {rollouts} rollouts"
+            s.collect(2).unwrap().is_empty(),
+            "nothing is collected twice"
+        );
+        let b = s.next(4).unwrap(); // batch 4 is from version 2
+        assert_eq!((b.index, b.version), (4, 2));
+    });
+}
+
+#[test]
+fn a_skipped_version_is_an_error_not_a_hang() {
+    within(20, || {
+        let (m, mut s) = (model(), service(0, 2, None));
+        s.publish(0, &m).unwrap();
+        s.next(0).unwrap();
+        s.publish(2, &m).unwrap(); // batch 1 needs version 1, which never comes
+        let err = s.next(1).unwrap_err().to_string();
+        assert!(
+            err.contains("version 1") && err.contains("never published"),
+            "{err}"
         );
     });
 }
@@ -151,5 +194,20 @@ fn a_panicking_generator_fails_the_run_instead_of_hanging() {
         assert!(err.contains("panicked") && err.contains("boom"), "{err}");
         // and afterwards: an error again, not a hang
         assert!(s.next(1).is_err());
+    });
+}
+
+#[test]
+fn asking_for_a_batch_before_its_version_exists_is_an_error_not_a_hang() {
+    within(20, || {
+        let (m, mut s) = (model(), service(0, 2, None));
+        s.publish(0, &m).unwrap();
+        s.next(0).unwrap();
+        // batch 1 comes from version 1, which a trainer at version 0 has not published
+        let err = s.next(0).unwrap_err().to_string();
+        assert!(
+            err.contains("version 1") && err.contains("wait forever"),
+            "{err}"
+        );
     });
 }

@@ -1,7 +1,8 @@
 //! Training data for post-training: TRL's dataset formats, readers, encoding, packing.
 //!
 //! The pipeline, one module per stage:
-//! - [`reader`]: JSONL and Parquet files streamed as JSON rows, each with its [`Location`];
+//! - [`reader`]: JSONL and Parquet files streamed as JSON rows, each with its [`Location`]
+//!   (Parquet dictionary pages checked first by [`parquet_guard`]);
 //! - [`formats`]: a row validated into a [`Record`] (TRL's language-modeling,
 //!   prompt–completion and preference formats; column renames; implicit prompts);
 //! - [`encode`]: a record tokenized as TRL 1.16 does into an [`SftExample`] (with its loss
@@ -18,6 +19,7 @@ pub mod encode;
 mod examples;
 pub mod formats;
 pub mod packing;
+pub mod parquet_guard;
 pub mod reader;
 #[cfg(test)]
 mod tests;

@@ -105,14 +105,17 @@ pub struct ParquetRows {
 }
 
 impl ParquetRows {
-    /// Opens `path` for streaming (reads only the footer now).
+    /// Opens `path` for streaming (reads the footer and the page headers now, and
+    /// refuses a dictionary page that lies about its size: see [`super::parquet_guard`]).
     pub fn open(path: &Path) -> Result<Self> {
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
-        let reader = SerializedFileReader::new(f)
+        let reader = SerializedFileReader::new(super::parquet_guard::StrictFile::new(f))
             .map_err(|e| Error::config(path, format!("not a readable Parquet file: {e}")))?;
+        super::parquet_guard::check_dictionary_pages(&reader)
+            .map_err(|m| Error::config(path, m))?;
         Ok(ParquetRows {
             file: path.to_path_buf(),
-            rows: reader.into_iter(),
+            rows: parquet::record::reader::RowIter::from_file_into(Box::new(reader)),
             row: 0,
             failed: false,
         })

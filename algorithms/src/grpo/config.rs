@@ -74,6 +74,8 @@ pub struct GrpoConfig {
     pub async_generation: bool,
     /// Finished generation batches the service may buffer (default 1).
     pub rollout_buffer: usize,
+    /// Threads of the asynchronous generator's own pool (0 = share the trainer's; default 0).
+    pub generator_threads: usize,
     /// Seed of prompt order and per-sample sampling seeds (default 42).
     pub seed: u64,
     /// Reward function weights by name (missing names weigh 1.0, TRL `reward_weights`).
@@ -100,6 +102,7 @@ impl Default for GrpoConfig {
             max_staleness: 0,
             async_generation: true,
             rollout_buffer: 1,
+            generator_threads: 0,
             seed: 42,
             reward_weights: Default::default(),
         }

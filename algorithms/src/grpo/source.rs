@@ -8,14 +8,20 @@
 //! `Var`s — so it always sees the current weights without the loop having to pass them.
 //! Synchronously it generates from them directly; asynchronously it publishes a deep copy
 //! to the [`RolloutService`] at each step's first draw (version = steps drawn so far) and
-//! takes the next fresh-enough batch. Both paths call the same [`Generator`] on the same
-//! prompts and seeds, so with `max_staleness = 0` they train identically.
+//! takes the next batch, generated from exactly the version the service's schedule names
+//! (`max(0, n·μ − max_staleness)` for batch `n`). Both paths call the same [`Generator`]
+//! on the same prompts and seeds, so with `max_staleness = 0` they train identically.
+//! `max_staleness` applies to the asynchronous path only; the synchronous one is always
+//! on-policy.
 //!
-//! Resume: the cursor holds the next generation-batch index, the draws so far and — when
-//! a batch is being reused (μ > 1) — the batch itself with its old log-probs, so a resumed
-//! run regenerates nothing it cannot reproduce. With `max_staleness > 0`, batches that
-//! were in flight at the checkpoint are regenerated from the *current* weights (the older
-//! snapshot is not saved), so that resume is not bit-exact.
+//! Resume is exact for any `max_staleness`. The cursor holds the next generation-batch
+//! index, the draws so far, the batch being reused (μ > 1) with its old log-probs, and
+//! — asynchronously — every batch the service generated (or must generate) from a weight
+//! version older than the checkpoint's: saving waits for those in flight to finish
+//! ([`RolloutService::collect`]) and stores their rollouts. A resumed run trains on them
+//! first and then restarts the service at the checkpoint's version, whose schedule then
+//! needs no older weights; the prompts and seeds of later batches are a pure function of
+//! their index. So a resumed run regenerates nothing it cannot reproduce.
 
 use super::advantages::{generation_metrics, group_advantages};
 use super::batch::{collate, per_rollout, RolloutBatch};
@@ -28,6 +34,8 @@ use smelt_rollouts::service::{
     GeneratedBatch, Generator, PromptSource, RolloutService, ServiceConfig,
 };
 use smelt_rollouts::Rollout;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// A generation batch being trained on, serialisable for the data cursor.
@@ -47,11 +55,21 @@ struct Pending {
 
 enum Mode {
     Sync(Box<dyn Generator>, Box<dyn PromptSource>),
-    /// The service starts lazily at the first draw (after a resume set the position).
-    Async {
-        parts: Option<(Box<dyn Generator>, Box<dyn PromptSource>)>,
-        service: Option<RolloutService>,
-    },
+    /// Behind a `RefCell` because saving a cursor (`&self`) waits for in-flight batches.
+    Async(Box<RefCell<AsyncState>>),
+}
+
+/// The asynchronous side of the source.
+struct AsyncState {
+    /// The service's parts until it starts, lazily at the first draw (after a resume set
+    /// the position).
+    parts: Option<(Box<dyn Generator>, Box<dyn PromptSource>)>,
+    service: Option<RolloutService>,
+    /// Batches received ahead of use, in index order: restored from a checkpoint, or
+    /// collected while saving one.
+    ready: VecDeque<GeneratedBatch>,
+    /// Why collecting for a cursor failed; the next draw reports it.
+    failed: Option<String>,
 }
 
 /// See the module docs.
@@ -77,10 +95,12 @@ impl GrpoSource {
     ) -> Result<Self> {
         config.validate(grad_accumulation_steps)?;
         let mode = if config.async_generation {
-            Mode::Async {
+            Mode::Async(Box::new(RefCell::new(AsyncState {
                 parts: Some((generator, prompts)),
                 service: None,
-            }
+                ready: VecDeque::new(),
+                failed: None,
+            })))
         } else {
             Mode::Sync(generator, prompts)
         };
@@ -103,11 +123,18 @@ impl GrpoSource {
     /// Batches and rollouts the service dropped as too stale (0 when synchronous).
     pub fn dropped(&self) -> (u64, u64) {
         match &self.mode {
-            Mode::Async {
-                service: Some(s), ..
-            } => s.dropped(),
-            _ => (0, 0),
+            Mode::Async(state) => state
+                .borrow()
+                .service
+                .as_ref()
+                .map_or((0, 0), |s| s.dropped()),
+            Mode::Sync(..) => (0, 0),
         }
+    }
+
+    /// The trainer's weight version: optimizer steps drawn so far.
+    fn version(&self) -> u64 {
+        self.draws / self.accumulation
     }
 
     fn fetch(&mut self, version: u64) -> Result<GeneratedBatch> {
@@ -123,34 +150,54 @@ impl GrpoSource {
                     generation_s: started.elapsed().as_secs_f64(),
                 })
             }
-            Mode::Async { service, .. } => service
-                .as_mut()
-                .expect("started in publish()")
-                .next(version),
+            Mode::Async(state) => {
+                let state = state.get_mut();
+                if let Some(why) = state.failed.take() {
+                    return Err(Error::Invalid(why));
+                }
+                match state.ready.pop_front() {
+                    Some(b) if b.index != self.next_index => Err(Error::Invalid(format!(
+                        "grpo: buffered generation batch {} does not follow batch {}",
+                        b.index,
+                        self.next_index.saturating_sub(1)
+                    ))),
+                    Some(b) => Ok(b),
+                    None => state
+                        .service
+                        .as_mut()
+                        .expect("started in publish()")
+                        .next(version),
+                }
+            }
         }
     }
 
     /// Async: start the service if needed and hand it the current weights.
     fn publish(&mut self, version: u64) -> Result<()> {
-        let Mode::Async { parts, service } = &mut self.mode else {
+        let Mode::Async(state) = &mut self.mode else {
             return Ok(());
         };
-        if service.is_none() {
-            let (generator, prompts) = parts
+        let state = state.get_mut();
+        if state.service.is_none() {
+            let (generator, prompts) = state
+                .parts
                 .take()
                 .ok_or_else(|| Error::Invalid("grpo: the rollout service died".into()))?;
-            *service = Some(RolloutService::start(
+            state.service = Some(RolloutService::start(
                 generator,
                 prompts,
                 ServiceConfig {
                     max_staleness: self.config.max_staleness,
                     capacity: self.config.rollout_buffer,
                     steps_per_batch: self.config.num_iterations,
-                    start_batch: self.next_index,
+                    start_batch: self.next_index + state.ready.len() as u64,
+                    start_version: version,
+                    generator_threads: self.config.generator_threads,
                 },
             )?);
         }
-        service
+        state
+            .service
             .as_mut()
             .expect("just set")
             .publish(version, &self.policy)
@@ -225,7 +272,7 @@ impl GrpoSource {
 
 impl BatchSource<RolloutBatch> for GrpoSource {
     fn next_batch(&mut self) -> Result<Option<RolloutBatch>> {
-        let version = self.draws / self.accumulation;
+        let version = self.version();
         let first_of_step = self.draws.is_multiple_of(self.accumulation);
         if first_of_step {
             self.publish(version)?;
@@ -273,10 +320,25 @@ impl BatchSource<RolloutBatch> for GrpoSource {
     }
 
     fn cursor(&self) -> serde_json::Value {
+        let (ready, complete) = match &self.mode {
+            Mode::Sync(..) => (VecDeque::new(), true),
+            Mode::Async(state) => {
+                let state = &mut *state.borrow_mut();
+                if let Some(service) = state.service.as_mut() {
+                    match service.collect(self.version()) {
+                        Ok(batches) => state.ready.extend(batches),
+                        Err(e) => state.failed = Some(e.to_string()),
+                    }
+                }
+                (state.ready.clone(), state.failed.is_none())
+            }
+        };
         serde_json::json!({
             "draws": self.draws,
             "next_index": self.next_index,
             "pending": self.pending,
+            "ready": ready,
+            "ready_complete": complete,
         })
     }
 
@@ -288,12 +350,47 @@ impl BatchSource<RolloutBatch> for GrpoSource {
             .ok_or_else(|| bad("next_index"))?;
         self.pending =
             serde_json::from_value(cursor["pending"].clone()).map_err(|_| bad("pending"))?;
-        if let Mode::Async { service, .. } = &self.mode {
-            if service.is_some() {
-                return Err(Error::Invalid(
-                    "grpo: cannot restore a data position once the rollout service has started"
-                        .into(),
-                ));
+        // cursors from synchronous runs (and older ones) hold no batches ahead
+        let ready: VecDeque<GeneratedBatch> = match cursor.get("ready") {
+            None | Some(serde_json::Value::Null) => VecDeque::new(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|_| bad("ready"))?,
+        };
+        if let Some((i, b)) = ready
+            .iter()
+            .enumerate()
+            .find(|(i, b)| b.index != self.next_index + *i as u64)
+        {
+            return Err(Error::Invalid(format!(
+                "grpo data cursor: `ready` batch {i} has index {}, expected {}",
+                b.index,
+                self.next_index + i as u64
+            )));
+        }
+        if cursor["ready_complete"].as_bool() == Some(false) {
+            eprintln!(
+                "warning: this checkpoint lacks some rollouts that were in flight when it was saved; \
+                 they are regenerated from the restored weights, so this resume is not bit-exact"
+            );
+        }
+        match &mut self.mode {
+            Mode::Async(state) => {
+                let state = state.get_mut();
+                if state.service.is_some() {
+                    return Err(Error::Invalid(
+                        "grpo: cannot restore a data position once the rollout service has started"
+                            .into(),
+                    ));
+                }
+                state.ready = ready;
+            }
+            Mode::Sync(..) => {
+                if !ready.is_empty() {
+                    eprintln!(
+                        "warning: resuming synchronously from an asynchronous checkpoint: \
+                         {} stored generation batches are regenerated on-policy",
+                        ready.len()
+                    );
+                }
             }
         }
         Ok(())

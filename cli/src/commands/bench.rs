@@ -34,6 +34,8 @@ pub enum Workload {
     Sft,
     /// `reference.py trl-dpo`'s workload through `smelt dpo` (TRL settings).
     Dpo,
+    /// `reference.py trl-grpo`'s workload through `smelt grpo` (TRL settings).
+    Grpo,
 }
 
 /// Arguments of `smelt bench`.
@@ -70,6 +72,9 @@ pub struct BenchArgs {
     /// Compute the loss through the slow composed ops (full logits) instead of the fused kernel.
     #[arg(long)]
     pub reference_ops: bool,
+    /// Flags of the `grpo` workload.
+    #[command(flatten)]
+    pub grpo: super::bench_posttrain::GrpoFlags,
 }
 
 /// Token ids exactly as `reference.py`'s `workload_tokens`: splitmix64, `x % vocab`,
@@ -89,8 +94,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.dtype != Precision::F32 && args.workload != Workload::TrainStep {
         bail!("--dtype {}: only train-step takes a precision other than f32", args.dtype);
     }
-    if matches!(args.workload, Workload::Sft | Workload::Dpo) {
-        let json = super::bench_posttrain::run(&args, args.workload == Workload::Dpo)?;
+    if matches!(
+        args.workload,
+        Workload::Sft | Workload::Dpo | Workload::Grpo
+    ) {
+        let json = match args.workload {
+            Workload::Grpo => super::bench_posttrain::run_grpo_bench(&args)?,
+            w => super::bench_posttrain::run(&args, w == Workload::Dpo)?,
+        };
         println!("{json}");
         return Ok(());
     }
@@ -105,7 +116,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let json = match args.workload {
         Workload::TrainStep => train_step(&model, &args)?,
         Workload::Generate => generate(&model, &args)?,
-        Workload::Sft | Workload::Dpo => unreachable!("handled above"),
+        Workload::Sft | Workload::Dpo | Workload::Grpo => unreachable!("handled above"),
     };
     println!("{json}");
     Ok(())

@@ -24,6 +24,19 @@ pub struct RecipeArgs {
     /// Override a recipe value: `--set train.max_steps=100` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Print the plan (model config, parameter count, data sources, steps) and exit
+    /// without training or reading data.
+    #[arg(long)]
+    pub plan: bool,
+}
+
+/// `--plan`: prints the plan of the recipe in `args` read as `kind`.
+pub fn print_plan(args: &RecipeArgs, kind: smelt_recipes::RecipeKind) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let plan = smelt_recipes::RecipePlan::load(&args.config, kind, &args.overrides)
+        .with_context(|| format!("planning recipe {}", args.config.display()))?;
+    print!("{}", plan.render());
+    Ok(())
 }
 
 /// Prints a training run's summary as one JSON line (the last line of the output).

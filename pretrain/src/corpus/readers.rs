@@ -392,7 +392,9 @@ impl ParquetDocs {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let bad = |m: String| Error::Invalid(format!("{}: {m}", path.display()));
         let reader =
-            SerializedFileReader::new(file).map_err(|e| bad(format!("not a Parquet file: {e}")))?;
+            SerializedFileReader::new(smelt::data::parquet_guard::StrictFile::new(file))
+                .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
+        smelt::data::parquet_guard::check_dictionary_pages(&reader).map_err(bad)?;
         let meta = reader.metadata();
         let group_rows = meta
             .row_groups()

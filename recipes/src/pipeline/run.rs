@@ -146,7 +146,7 @@ pub fn run_pipeline(recipe: &PipelineRecipe) -> Result<Summary> {
     }
     summary.wall_s = started.elapsed().as_secs_f64();
     summary.write(run)?;
-    eprintln!("{}", summary.table());
+    // The caller prints the table (the CLI and the example each print it once).
     Ok(summary)
 }
 

@@ -42,7 +42,7 @@ pub fn small_corpus(dir: &Path, n: usize) -> PathBuf {
 
 /// Overrides that shrink the embedded pipeline to seconds: a 2-layer 64-wide model,
 /// 60 pretraining steps, 40 SFT steps and a few DPO/GRPO steps, with warn-only gates.
-pub const SHRUNKEN: [&str; 27] = [
+pub const SHRUNKEN: [&str; 28] = [
     "arithmetic.pretrain_rows=600",
     "arithmetic.sft_rows=600",
     "arithmetic.dpo_rows=64",
@@ -70,4 +70,33 @@ pub const SHRUNKEN: [&str; 27] = [
     "grpo.grpo.per_device_train_batch_size=8",
     "grpo.train.max_steps=2",
     "grpo.train.save_every=2",
+    "grpo.train.schedule={ kind = \"linear\", warmup_steps = 0 }",
+];
+
+/// Overrides on top of [`SHRUNKEN`] with which SFT and DPO measurably improve their
+/// metrics in about a minute: a smaller task (operands 0..=3, 48 distinct problems) that
+/// the 2-layer model learns in seconds, 100 held-out problems per eval, SFT to about half
+/// right, DPO with APO-zero + RPO, and GRPO with 16 prompts × 8 generations at
+/// temperature 0.7 (the embedded recipe's GRPO settings).
+pub const IMPROVING: [&str; 20] = [
+    "arithmetic.task={ seed = 0, max_operand = 3, num_operations = 1 }",
+    "arithmetic.eval_rows=100",
+    "arithmetic.dpo_rows=200",
+    "arithmetic.grpo_rows=48",
+    "sft.train.max_steps=240",
+    "sft.train.save_every=240",
+    "dpo.dpo.rpo_alpha=1.0",
+    "dpo.data.per_device_train_batch_size=16",
+    "dpo.train.learning_rate=5e-4",
+    "dpo.train.max_steps=20",
+    "dpo.train.save_every=20",
+    "grpo.grpo.num_generations=8",
+    "grpo.grpo.per_device_train_batch_size=128",
+    "grpo.max_batch=128",
+    "grpo.grpo.temperature=0.7",
+    "grpo.grpo.epsilon_high=0.28",
+    "grpo.train.learning_rate=1e-4",
+    "grpo.train.schedule={ kind = \"linear\", warmup_steps = 4 }",
+    "grpo.train.max_steps=30",
+    "grpo.train.save_every=30",
 ];
