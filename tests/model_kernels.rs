@@ -138,7 +138,10 @@ fn fused_logits_and_gradients_equal_the_reference() {
                 .get(var)
                 .unwrap_or_else(|| panic!("{name}: no reference gradient for {pname}"));
             let d = rel_diff(a, b);
-            assert!(d <= 1e-4, "{name}: gradient of {pname} differs by {d} (relative)");
+            assert!(
+                d <= 1e-4,
+                "{name}: gradient of {pname} differs by {d} (relative)"
+            );
         }
     }
 }
@@ -186,11 +189,21 @@ fn fused_decode_equals_forward() {
         let mut cache = KvCache::with_capacity(layers, tokens.len());
         for &(s, n) in &[(0, 4), (4, 5), (9, 2)] {
             let last = m.decode_last(&row(&tokens[s..s + n]), &mut cache).unwrap(); // (1, V)
-            let want = full.get(0).unwrap().get(s + n - 1).unwrap().unsqueeze(0).unwrap();
+            let want = full
+                .get(0)
+                .unwrap()
+                .get(s + n - 1)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
             let d = rel_diff(&last, &want);
             assert!(d <= 1e-5, "{name}: decode_last at {} differs by {d}", s + n);
         }
-        assert_eq!(cache.capacity(), tokens.len(), "{name}: the cache re-allocated");
+        assert_eq!(
+            cache.capacity(),
+            tokens.len(),
+            "{name}: the cache re-allocated"
+        );
     }
 }
 
@@ -208,17 +221,21 @@ fn fused_left_padded_rows_equal_decoding_alone() {
             m.decode_last(&row(&[next]), &mut c).unwrap() // (1, V)
         };
         let want = Tensor::cat(&[alone(&a, next_a), alone(&b, next_b)], 0).unwrap(); // (2, V)
-        // prefilled alone, joined left-padded, one step together
+                                                                                     // prefilled alone, joined left-padded, one step together
         let (mut ca, mut cb) = (KvCache::new(layers), KvCache::new(layers));
         m.decode(&row(&a), &mut ca).unwrap();
         m.decode(&row(&b), &mut cb).unwrap();
         let mut joint = KvCache::cat_left_padded(&[&ca, &cb]).unwrap();
         let input = Tensor::new(&[[next_a], [next_b]], &Device::Cpu).unwrap(); // (2, 1)
         let pads = [0, a.len() - b.len()];
-        let got = m.decode_left_padded_last(&input, &pads, &mut joint).unwrap();
+        let got = m
+            .decode_left_padded_last(&input, &pads, &mut joint)
+            .unwrap();
         let d = rel_diff(&got, &want);
         assert!(d <= 1e-5, "{name}: left-padded decode differs by {d}");
-        let full = m.decode_left_padded(&input, &pads, &mut joint.clone()).unwrap(); // (2, 1, V)
+        let full = m
+            .decode_left_padded(&input, &pads, &mut joint.clone())
+            .unwrap(); // (2, 1, V)
         assert_eq!(full.dims(), &[2, 1, VOCAB]);
     }
 }
@@ -239,7 +256,9 @@ fn bf16_autocast_tracks_f32() {
     let l = loss(&bf16, &input, &pos, &labels);
     let grads = l.backward().unwrap();
     for (pname, var) in bf16.vars() {
-        let g = grads.get(var).unwrap_or_else(|| panic!("no bf16 gradient for {pname}"));
+        let g = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("no bf16 gradient for {pname}"));
         let n: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!(n.is_finite() && n > 0.0, "{pname}: bf16 gradient norm² {n}");
     }

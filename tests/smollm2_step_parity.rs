@@ -100,12 +100,22 @@ fn fused_training_step_equals_reference_and_pytorch() {
     let (gf, gr) = (loss_f.backward().unwrap(), loss_r.backward().unwrap());
     let mut worst = (0.0f64, String::new());
     for (name, var) in fused.vars() {
-        let a = gf.get(var).unwrap_or_else(|| panic!("no fused gradient for {name}"));
-        let b = gr.get(var).unwrap_or_else(|| panic!("no reference gradient for {name}"));
+        let a = gf
+            .get(var)
+            .unwrap_or_else(|| panic!("no fused gradient for {name}"));
+        let b = gr
+            .get(var)
+            .unwrap_or_else(|| panic!("no reference gradient for {name}"));
         // relative error of the whole tensor: ‖a − b‖ / ‖b‖ (Frobenius)
         let norm = |t: &Tensor| -> f64 {
             let t = t.to_dtype(DType::F64).unwrap();
-            t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt()
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+                .sqrt()
         };
         let d = norm(&(a - b).unwrap()) / norm(b).max(1e-30);
         if d > worst.0 {
@@ -122,7 +132,14 @@ fn fused_training_step_equals_reference_and_pytorch() {
             .get(name.as_str())
             .unwrap_or_else(|| panic!("fixture names unknown parameter {name}"));
         let g = gf.get(var).unwrap().to_dtype(DType::F64).unwrap();
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+            .sqrt();
         let want = want.as_f64().unwrap();
         assert!(
             rel(norm, want) <= 1e-3,

@@ -146,11 +146,18 @@ impl KvCache {
     ) -> Result<(Tensor, Tensor)> {
         let (b, t_new, kv, d) = k.dims4()?;
         if v.dims() != k.dims() {
-            bail!("KvCache::append: keys {:?} but values {:?}", k.dims(), v.dims());
+            bail!(
+                "KvCache::append: keys {:?} but values {:?}",
+                k.dims(),
+                v.dims()
+            );
         }
         if self.layers[layer].is_none() {
             if self.len != 0 {
-                bail!("KvCache::append: layer {layer} was never written but {} tokens are cached", self.len);
+                bail!(
+                    "KvCache::append: layer {layer} was never written but {} tokens are cached",
+                    self.len
+                );
             }
             let cap = if self.capacity >= t_new {
                 self.capacity
@@ -347,7 +354,13 @@ mod tests {
         // a handle on the first buffer (shares its storage)
         let buffer = cache.layers[0].as_ref().unwrap().0.clone();
         let slot = |i: usize| -> f32 {
-            buffer.narrow(1, i, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]
+            buffer
+                .narrow(1, i, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0]
         };
         assert_eq!(filled(&mut cache, &[3.0]), vec![1.0, 2.0, 3.0]);
         assert_eq!(filled(&mut cache, &[4.0]), vec![1.0, 2.0, 3.0, 4.0]);

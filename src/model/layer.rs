@@ -148,7 +148,11 @@ impl LayerSpec {
                 .transpose(1, 2)? // (B, n, T, D)
                 .contiguous()?)
         };
-        let (mut q, mut k, v) = (heads(&layer.q, nq)?, heads(&layer.k, nkv)?, heads(&layer.v, nkv)?);
+        let (mut q, mut k, v) = (
+            heads(&layer.q, nq)?,
+            heads(&layer.k, nkv)?,
+            heads(&layer.v, nkv)?,
+        );
         if let Some((qn, kn)) = &layer.qk_norm {
             q = self.rms_norm(&q, qn)?;
             k = self.rms_norm(&k, kn)?;
@@ -165,7 +169,10 @@ impl LayerSpec {
                     &k.transpose(1, 2)?.contiguous()?,
                     &v.transpose(1, 2)?.contiguous()?,
                 )?;
-                (k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?) // (B, KV, Tk, D)
+                (
+                    k.transpose(1, 2)?.contiguous()?,
+                    v.transpose(1, 2)?.contiguous()?,
+                ) // (B, KV, Tk, D)
             }
             None => (k, v),
         };
@@ -197,11 +204,15 @@ impl LayerSpec {
         let (b, t, h) = x.dims3()?;
         let (nq, nkv, d) = (self.heads, self.kv_heads, self.head_dim);
         let normed = self.rms_norm(x, &layer.input_norm)?.reshape((b * t, h))?; // (B*T, H)
-        // token-major heads: (B*T, n, 1, D) is (B, T, n, D) in memory
+                                                                                // token-major heads: (B*T, n, 1, D) is (B, T, n, D) in memory
         let heads = |p: &Proj, n: usize| -> Result<Tensor> {
             Ok(self.linear(&normed, p)?.reshape((b * t, n, 1, d))?)
         };
-        let (mut q, mut k, v) = (heads(&layer.q, nq)?, heads(&layer.k, nkv)?, heads(&layer.v, nkv)?);
+        let (mut q, mut k, v) = (
+            heads(&layer.q, nq)?,
+            heads(&layer.k, nkv)?,
+            heads(&layer.v, nkv)?,
+        );
         if let Some((qn, kn)) = &layer.qk_norm {
             q = ops::fused_rms_norm(&q, qn, self.eps)?;
             k = ops::fused_rms_norm(&k, kn, self.eps)?;

@@ -177,10 +177,16 @@ mod tests {
         let s = packed_segments(&[vec![0, 1, 0], vec![0, 1, 2]], &dev)
             .unwrap()
             .unwrap();
-        assert_eq!(s.to_vec2::<u32>().unwrap(), vec![vec![0, 0, 1], vec![0, 0, 0]]);
+        assert_eq!(
+            s.to_vec2::<u32>().unwrap(),
+            vec![vec![0, 0, 1], vec![0, 0, 0]]
+        );
         assert!(left_padded_segments(&[0, 0], 3, &dev).unwrap().is_none());
         let s = left_padded_segments(&[0, 2], 3, &dev).unwrap().unwrap();
-        assert_eq!(s.to_vec2::<u32>().unwrap(), vec![vec![1, 1, 1], vec![0, 0, 1]]);
+        assert_eq!(
+            s.to_vec2::<u32>().unwrap(),
+            vec![vec![1, 1, 1], vec![0, 0, 1]]
+        );
     }
 
     #[test]

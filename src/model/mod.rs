@@ -486,7 +486,10 @@ impl Model {
             Kernels::Reference => (cos, sin),
             Kernels::Fused => {
                 let d = self.config.head_dim;
-                (cos.reshape((b * t, 1, 1, d))?, sin.reshape((b * t, 1, 1, d))?) // one row per token
+                (
+                    cos.reshape((b * t, 1, 1, d))?,
+                    sin.reshape((b * t, 1, 1, d))?,
+                ) // one row per token
             }
         };
         let mut x = self.embed.index_select(&ids, 0)?.reshape((b, t, h))?; // (B, T, H)
@@ -500,7 +503,10 @@ impl Model {
 
 /// Per-token NLL from explicit logits `(N, V)` (the reference of
 /// [`ops::linear_cross_entropy`]): `lse − logit[label]`, 0 where the label is ignored.
-fn reference_token_nll(logits: &Tensor, labels: &Tensor) -> candle_core::Result<ops::LinearCrossEntropy> {
+fn reference_token_nll(
+    logits: &Tensor,
+    labels: &Tensor,
+) -> candle_core::Result<ops::LinearCrossEntropy> {
     let labels = labels.to_dtype(DType::I64)?;
     let mask = labels.ge(0i64)?; // (N,)
     let safe = mask
@@ -513,7 +519,10 @@ fn reference_token_nll(logits: &Tensor, labels: &Tensor) -> candle_core::Result<
     let nll = ((lse - picked)?.squeeze(1)? * &maskf)?; // (N,)
     let hits = logits.argmax(1)?.eq(&safe)?.to_dtype(logits.dtype())?; // (N,)
     let count = maskf.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-    let correct = (hits * &maskf)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    let correct = (hits * &maskf)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?;
     Ok(ops::LinearCrossEntropy {
         nll,
         count,

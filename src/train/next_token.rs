@@ -85,7 +85,7 @@ impl Algorithm for NextTokenLoss {
         let hidden = model.forward_hidden(&batch.input_ids, batch.position_ids.as_ref())?; // (B, T, H)
         let (b, t, h) = hidden.dims3()?;
         let labels = batch.labels.reshape(b * t)?; // (B*T,)
-        // lm_head + cross-entropy fused: the (B*T, V) logits are never materialised
+                                                   // lm_head + cross-entropy fused: the (B*T, V) logits are never materialised
         let ce = model.token_nll(&hidden.reshape((b * t, h))?, &labels)?;
         let (loss_sum, count, correct) = (ce.nll.sum_all()?, ce.count, ce.correct);
         let mut metrics = Metrics::new();

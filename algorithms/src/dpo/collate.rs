@@ -214,10 +214,13 @@ pub fn sequence_logps_fused(
 ) -> Result<SequenceLogps> {
     let (n, t, h) = hidden.dims3()?;
     let next = batch.input_ids.narrow(1, 1, t - 1)?.to_dtype(DType::I64)?; // (2B, T-1)
-    let mask = batch.completion_mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?; // (2B, T-1)
+    let mask = batch
+        .completion_mask
+        .narrow(1, 1, t - 1)?
+        .to_dtype(DType::F32)?; // (2B, T-1)
     let ignored = Tensor::full(smelt::ops::IGNORE_INDEX, (n, t - 1), next.device())?;
     let labels = mask.gt(0f32)?.where_cond(&next, &ignored)?; // (2B, T-1)
-    // the last position predicts nothing
+                                                              // the last position predicts nothing
     let labels = Tensor::cat(&[&labels, &ignored.narrow(1, 0, 1)?], 1)?.flatten_all()?; // (2B*T,)
     let flat = hidden.reshape((n * t, h))?; // (2B*T, H)
     let ce = model.token_nll(&flat, &labels)?; // nll (2B*T,), 0 where ignored

@@ -151,5 +151,8 @@ pub fn behaviour_logprobs(
     let zeros = vec![0f32; rollouts.len()];
     let b = collate(rollouts, &zeros, None, false, model.device())?;
     let hidden = model.forward_hidden(&b.input_ids, None)?.detach(); // (B, T, H)
-    per_rollout(&token_logps_fused(model, &hidden, &b.targets, temperature)?, rollouts)
+    per_rollout(
+        &token_logps_fused(model, &hidden, &b.targets, temperature)?,
+        rollouts,
+    )
 }
