@@ -27,4 +27,4 @@ pub mod tokenizer;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use model::{KvCache, Model, ModelConfig, ModelType};
+pub use model::{Kernels, KvCache, Model, ModelConfig, ModelType};

@@ -742,3 +742,29 @@ fn denormal_gemm_cost() {
         );
     }
 }
+
+/// The composed autocast linear (what a CUDA device runs: candle ops, bf16 GEMM inputs)
+/// tracks the f32 linear within bf16 rounding, returns f32 and gives f32 gradients to
+/// the f32 weights — the same contract as the CPU kernel's `Bf16Autocast`.
+#[test]
+fn composed_autocast_linear_tracks_f32_with_f32_gradients() {
+    let (n, inp, out) = (48, 96, 72);
+    let x = rand_t(&[n, inp], 31, 1.0, DType::F32);
+    let w = rand_t(&[out, inp], 32, 0.1, DType::F32);
+    let b = rand_t(&[out], 33, 1.0, DType::F32);
+    let (y32, g32) = linear_and_grads(&x, &w, Some(&b), &|x, w, b| {
+        ops::fused_linear(x, w, b, Precision::F32)
+    });
+    let (yc, gc) = linear_and_grads(&x, &w, Some(&b), &|x, w, b| {
+        ops::composed_autocast_linear(x, w, b)
+    });
+    assert_eq!(yc.dtype(), DType::F32);
+    let tol = 1.0 / 64.0; // bf16 inputs, and a bf16-rounded product before the cast back
+    let ey = rel_t(&yc, &y32);
+    assert!(ey < tol && ey > 0.0, "y rel {ey} (0 would mean no rounding happened)");
+    for (i, (a, r)) in gc.iter().zip(&g32).enumerate() {
+        assert_eq!(a.dtype(), DType::F32, "grad {i}");
+        let e = rel_t(a, r);
+        assert!(e < tol, "grad {i} rel {e}");
+    }
+}

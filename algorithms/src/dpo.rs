@@ -106,6 +106,26 @@ impl Algorithm for Dpo {
         batch.pairs() as f64
     }
 
+    /// `bco_pair`'s running reward mean, when it is used.
+    fn checkpoint_state(&self) -> serde_json::Value {
+        if !self.config.bco_running_mean {
+            return serde_json::Value::Null;
+        }
+        serde_json::json!({ "bco_running_mean": self.loss.running_mean() })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        if let Some(running) = state.get("bco_running_mean") {
+            let running = serde_json::from_value(running.clone()).map_err(|e| {
+                smelt::Error::Invalid(format!(
+                    "checkpoint algorithm_state.bco_running_mean is malformed: {e}"
+                ))
+            })?;
+            self.loss.set_running_mean(running);
+        }
+        Ok(())
+    }
+
     fn loss(&mut self, model: &Model, batch: &PairBatch) -> Result<LossOutput> {
         let b = batch.pairs();
         let hidden = model.forward_hidden(&batch.input_ids, None)?; // (2B, T, H)

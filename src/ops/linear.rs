@@ -56,7 +56,12 @@ pub fn fused_linear(
         && w.dtype() == x.dtype()
         && b.map_or(true, |b| b.dtype() == x.dtype());
     let y = if !fused {
-        super::reference::linear(&x2, w, b)?
+        match precision {
+            Precision::Bf16Autocast if x.dtype() == DType::F32 && w.dtype() == DType::F32 => {
+                composed_autocast_linear(&x2, w, b)?
+            }
+            _ => super::reference::linear(&x2, w, b)?,
+        }
     } else {
         let op = Linear { precision };
         match b {
@@ -67,6 +72,21 @@ pub fn fused_linear(
         }
     }; // (N, out)
     y.reshape(out_dims)
+}
+
+/// `bf16-autocast` on devices without the CPU kernel (CUDA): candle ops with a backward,
+/// `x` and `W` cast to bf16 for the GEMM (cuBLAS accumulates in f32), the product cast
+/// back to f32 before the bias, so weights, gradients and optimizer state stay f32.
+/// `x` `(N, in)`, `w` `(out, in)` → `(N, out)` f32.
+pub fn composed_autocast_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = x
+        .to_dtype(DType::BF16)?
+        .matmul(&w.to_dtype(DType::BF16)?.t()?)? // (N, out) bf16
+        .to_dtype(DType::F32)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
 }
 
 /// The forward op: `(x, w) → y` or `(x, w, b) → y`.

@@ -23,7 +23,7 @@ mod rms_norm;
 mod rope;
 mod swiglu;
 
-pub use linear::fused_linear;
+pub use linear::{composed_autocast_linear, fused_linear};
 pub use attention::{fused_attention, reference_attention};
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_sum, LinearCrossEntropy, DEFAULT_VOCAB_CHUNK,

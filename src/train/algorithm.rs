@@ -91,6 +91,21 @@ pub trait Algorithm {
     fn after_step(&mut self, _step: u64, _model: &Model) -> Result<()> {
         Ok(())
     }
+
+    /// State the objective carries across steps that is neither weights nor data
+    /// position (a running statistic, an adaptive coefficient). It is saved in every
+    /// checkpoint's `trainer_state.json` so a resumed run continues it exactly.
+    /// Default: none (`Null`).
+    fn checkpoint_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Restores what [`Algorithm::checkpoint_state`] saved (called on resume and on a
+    /// spike-guard rollback; `Null` for checkpoints written without state). Default:
+    /// nothing.
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where micro-batches come from; its position is saved in every checkpoint so a

@@ -42,6 +42,10 @@ pub struct TrainerState {
     /// Data-parallel ranks of the run that wrote the checkpoint (a resume needs the same).
     #[serde(default = "one_rank")]
     pub world_size: u64,
+    /// State the algorithm keeps across steps outside the weights (e.g. DPO's `bco_pair`
+    /// running reward mean), from [`Algorithm::checkpoint_state`](crate::train::Algorithm::checkpoint_state).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub algorithm_state: serde_json::Value,
 }
 
 fn one_rank() -> u64 {

@@ -178,6 +178,7 @@ impl<A: Algorithm> Trainer<A> {
         if let Some(dir) = state::latest_checkpoint(&run_dir)? {
             let (st, cursor) = state::load_checkpoint(&dir, &self.model, &mut self.optimizer)?;
             parallel::check_world_size(st.world_size, world, &dir)?;
+            self.algorithm.restore_state(&st.algorithm_state)?;
             let own = if rank > 0 && data.per_rank() {
                 parallel::load_rank_cursor(&dir, rank)?
             } else {
@@ -460,6 +461,7 @@ impl<A: Algorithm> Trainer<A> {
         let restored = match state::latest_checkpoint(&run_dir)? {
             Some(dir) => {
                 let (st, _cursor) = state::load_checkpoint(&dir, &self.model, &mut self.optimizer)?;
+                self.algorithm.restore_state(&st.algorithm_state)?;
                 let history = std::mem::take(&mut self.state.spike);
                 self.state = st;
                 self.state.spike = history; // keep what we learned about normal losses
@@ -487,11 +489,13 @@ impl<A: Algorithm> Trainer<A> {
     /// Writes a checkpoint for the current step.
     fn save(&self, data: &dyn BatchSource<A::Batch>) -> Result<PathBuf> {
         let cursor: Value = data.cursor();
+        let mut state = self.state.clone();
+        state.algorithm_state = self.algorithm.checkpoint_state();
         let parts = CheckpointParts {
             model: &self.model,
             tokenizer: self.tokenizer.as_ref(),
             optimizer: &self.optimizer,
-            state: &self.state,
+            state: &state,
             cursor: &cursor,
             seed: self.config.seed,
         };

@@ -207,9 +207,9 @@ fn sft(p: &PairLogps) -> Result<Tensor> {
 /// A running mean of scalar batch means (TRL's `RunningMoments.mean` before 1.x): after
 /// n updates it is the plain average of the n values. Used as `bco_pair`'s δ; it is
 /// updated once per micro-batch with the mean of that micro-batch's chosen and
-/// rejected rewards, *before* the loss uses it. It lives in the algorithm and is not
-/// part of a checkpoint (a resumed run restarts it at 0).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// rejected rewards, *before* the loss uses it. It lives in the algorithm and is saved
+/// in every checkpoint (`Algorithm::checkpoint_state`), so a resumed run continues it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunningMean {
     mean: f64,
     count: f64,
@@ -275,6 +275,11 @@ impl DpoLoss {
     /// `bco_pair`'s running reward mean so far.
     pub fn running_mean(&self) -> RunningMean {
         self.running
+    }
+
+    /// Replaces the running reward mean (restoring a checkpoint).
+    pub fn set_running_mean(&mut self, running: RunningMean) {
+        self.running = running;
     }
 
     /// Per-pair combined losses and rewards; updates the `bco_pair` running mean when used.
