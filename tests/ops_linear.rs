@@ -761,7 +761,10 @@ fn composed_autocast_linear_tracks_f32_with_f32_gradients() {
     assert_eq!(yc.dtype(), DType::F32);
     let tol = 1.0 / 64.0; // bf16 inputs, and a bf16-rounded product before the cast back
     let ey = rel_t(&yc, &y32);
-    assert!(ey < tol && ey > 0.0, "y rel {ey} (0 would mean no rounding happened)");
+    assert!(
+        ey < tol && ey > 0.0,
+        "y rel {ey} (0 would mean no rounding happened)"
+    );
     for (i, (a, r)) in gc.iter().zip(&g32).enumerate() {
         assert_eq!(a.dtype(), DType::F32, "grad {i}");
         let e = rel_t(a, r);

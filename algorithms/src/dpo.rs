@@ -31,8 +31,8 @@ pub mod reference;
 pub mod source;
 
 pub use collate::{
-    collate, sequence_logps, sequence_logps_fused, token_logps, token_logps_fused,
-    CollateOptions, PairBatch, SequenceLogps,
+    collate, sequence_logps, sequence_logps_fused, token_logps, token_logps_fused, CollateOptions,
+    PairBatch, SequenceLogps,
 };
 pub use config::{DpoConfig, TruncationMode, DPO_LEARNING_RATE};
 pub use loss::{DpoLoss, DpoLossType, LossParams, PairLogps, PairLosses, RunningMean};

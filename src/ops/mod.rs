@@ -23,15 +23,15 @@ mod rms_norm;
 mod rope;
 mod swiglu;
 
-pub use linear::{composed_autocast_linear, fused_linear};
 pub use attention::{fused_attention, reference_attention};
+pub use linear::{composed_autocast_linear, fused_linear};
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_sum, LinearCrossEntropy, DEFAULT_VOCAB_CHUNK,
 };
+pub use precision::{ParsePrecisionError, Precision};
 pub use reference::{
     apply_rope, cross_entropy_sum, linear, rms_norm, softmax_last_dim, swiglu, IGNORE_INDEX,
 };
-pub use precision::{ParsePrecisionError, Precision};
 pub use rms_norm::fused_rms_norm;
 pub use rope::fused_rope;
 pub use swiglu::fused_swiglu;

@@ -90,9 +90,15 @@ pub fn workload_tokens(batch: usize, seq: usize, vocab: usize, seed: u64) -> Vec
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // subnormals only slow the kernels down; PyTorch's CPU autocast flushes them too
     smelt::ops::gemm::flush_denormals_to_zero();
-    eprintln!("smelt bench: gemm backend {}", smelt::ops::gemm::backend_report());
+    eprintln!(
+        "smelt bench: gemm backend {}",
+        smelt::ops::gemm::backend_report()
+    );
     if args.dtype != Precision::F32 && args.workload != Workload::TrainStep {
-        bail!("--dtype {}: only train-step takes a precision other than f32", args.dtype);
+        bail!(
+            "--dtype {}: only train-step takes a precision other than f32",
+            args.dtype
+        );
     }
     if matches!(
         args.workload,

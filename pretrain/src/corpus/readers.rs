@@ -391,9 +391,8 @@ impl ParquetDocs {
     fn open(path: &Path, text_column: &str, id_column: &str) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let bad = |m: String| Error::Invalid(format!("{}: {m}", path.display()));
-        let reader =
-            SerializedFileReader::new(smelt::data::parquet_guard::StrictFile::new(file))
-                .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
+        let reader = SerializedFileReader::new(smelt::data::parquet_guard::StrictFile::new(file))
+            .map_err(|e| bad(format!("not a Parquet file: {e}")))?;
         smelt::data::parquet_guard::check_dictionary_pages(&reader).map_err(bad)?;
         let meta = reader.metadata();
         let group_rows = meta

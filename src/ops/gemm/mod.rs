@@ -575,7 +575,9 @@ mod tests {
     fn bf16_rounding_is_bit_identical_to_half() {
         // every 2^-8 step of the f32 bit space plus the rounding-tie neighbourhoods
         let mut bits: Vec<u32> = (0..=u32::MAX / 251).map(|i| i * 251).collect();
-        for hi in [0x3F80u32, 0x4049, 0x7F7F, 0x0001, 0x8000, 0xFF80, 0x7F80, 0x7FC0] {
+        for hi in [
+            0x3F80u32, 0x4049, 0x7F7F, 0x0001, 0x8000, 0xFF80, 0x7F80, 0x7FC0,
+        ] {
             for lo in [0x0000u32, 0x7FFF, 0x8000, 0x8001, 0xFFFF] {
                 bits.push(hi << 16 | lo);
             }
