@@ -121,44 +121,200 @@ impl Dims {
     }
 }
 
+/// One GEMM `C = op(A)·op(B) + beta·C` (alpha 1, all threads) with `A`/`B` elements `A`
+/// and accumulator `C`: f32, bf16 → f32 or f64. The three products of the layer are
+/// written once below and run at any of these precisions.
+type Gemm<A, C> = dyn Fn(
+    Trans,
+    Trans,
+    (usize, usize, usize),
+    (&[A], usize),
+    (&[A], usize),
+    C,
+    (&mut [C], usize),
+) -> Result<()>;
+
+fn sgemm_all(
+    ta: Trans,
+    tb: Trans,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    beta: f32,
+    (c, ldc): (&mut [f32], usize),
+) -> Result<()> {
+    gemm::sgemm(
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        1.0,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        c,
+        ldc,
+        Threads::All,
+    )
+}
+
+fn bf16_gemm_all(
+    ta: Trans,
+    tb: Trans,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (&[half::bf16], usize),
+    (b, ldb): (&[half::bf16], usize),
+    beta: f32,
+    (c, ldc): (&mut [f32], usize),
+) -> Result<()> {
+    gemm::gemm_bf16_f32(
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        1.0,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        c,
+        ldc,
+        Threads::All,
+    )
+}
+
+fn dgemm_all(
+    ta: Trans,
+    tb: Trans,
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (&[f64], usize),
+    (b, ldb): (&[f64], usize),
+    beta: f64,
+    (c, ldc): (&mut [f64], usize),
+) -> Result<()> {
+    gemm::dgemm(
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        1.0,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        c,
+        ldc,
+        Threads::All,
+    )
+}
+
+/// y (N, out) = x (N, in) · Wᵀ (in, out) + beta · y
+fn product_forward<A, C>(
+    gemm: &Gemm<A, C>,
+    x: &[A],
+    w: &[A],
+    beta: C,
+    y: &mut [C],
+    d: Dims,
+) -> Result<()> {
+    gemm(
+        Trans::No,
+        Trans::Yes,
+        (d.n, d.out, d.inp),
+        (x, d.inp),
+        (w, d.inp),
+        beta,
+        (y, d.out),
+    )
+}
+
+/// dx (N, in) = dy (N, out) · W (out, in)
+fn product_grad_input<A, C>(
+    gemm: &Gemm<A, C>,
+    dy: &[A],
+    w: &[A],
+    zero: C,
+    dx: &mut [C],
+    d: Dims,
+) -> Result<()> {
+    gemm(
+        Trans::No,
+        Trans::No,
+        (d.n, d.inp, d.out),
+        (dy, d.out),
+        (w, d.inp),
+        zero,
+        (dx, d.inp),
+    )
+}
+
+/// dW (out, in) = dyᵀ (out, N) · x (N, in)
+fn product_grad_weight<A, C>(
+    gemm: &Gemm<A, C>,
+    dy: &[A],
+    x: &[A],
+    zero: C,
+    dw: &mut [C],
+    d: Dims,
+) -> Result<()> {
+    gemm(
+        Trans::Yes,
+        Trans::No,
+        (d.out, d.inp, d.n),
+        (dy, d.out),
+        (x, d.inp),
+        zero,
+        (dw, d.inp),
+    )
+}
+
+/// db (1, out) = 1ᵀ (1, N) · dy (N, out), with `ones` of length N
+fn product_grad_bias<T>(
+    gemm: &Gemm<T, T>,
+    ones: &[T],
+    dy: &[T],
+    zero: T,
+    db: &mut [T],
+    d: Dims,
+) -> Result<()> {
+    gemm(
+        Trans::No,
+        Trans::No,
+        (1, d.out, d.n),
+        (ones, d.n),
+        (dy, d.out),
+        zero,
+        (db, d.out),
+    )
+}
+
+/// The output buffer `(N, out)` preloaded with the bias rows (beta 1), or zeros (beta 0).
+fn preloaded_output<T: Copy + From<f32>>(b: Option<&[T]>, d: Dims) -> (Vec<T>, T) {
+    match b {
+        Some(b) => (b.repeat(d.n), T::from(1.0)), // every row = b
+        None => (vec![T::from(0.0); d.n * d.out], T::from(0.0)),
+    }
+}
+
 /// The f32 forward: `y = x·Wᵀ + b`.
 fn forward_f32(x: &[f32], w: &[f32], b: Option<&[f32]>, d: Dims, p: Precision) -> Result<Vec<f32>> {
-    let (mut y, beta) = match b {
-        Some(b) => (b.repeat(d.n), 1.0), // (N, out), every row = b
-        None => (vec![0f32; d.n * d.out], 0.0),
-    };
+    let (mut y, beta) = preloaded_output(b, d);
     match p {
-        Precision::F32 => gemm::sgemm(
-            Trans::No,
-            Trans::Yes,
-            d.n,
-            d.out,
-            d.inp,
-            1.0,
-            x,
-            d.inp,
-            w,
-            d.inp,
-            beta,
-            &mut y,
-            d.out,
-            Threads::All,
-        )?,
-        Precision::Bf16Autocast => gemm::gemm_bf16_f32(
-            Trans::No,
-            Trans::Yes,
-            d.n,
-            d.out,
-            d.inp,
-            1.0,
+        Precision::F32 => product_forward(&sgemm_all, x, w, beta, &mut y, d)?,
+        Precision::Bf16Autocast => product_forward(
+            &bf16_gemm_all,
             &gemm::to_bf16(x),
-            d.inp,
             &gemm::to_bf16(w),
-            d.inp,
             beta,
             &mut y,
-            d.out,
-            Threads::All,
+            d,
         )?,
     }
     Ok(y)
@@ -166,26 +322,8 @@ fn forward_f32(x: &[f32], w: &[f32], b: Option<&[f32]>, d: Dims, p: Precision) -
 
 /// The f64 forward (always full precision).
 fn forward_f64(x: &[f64], w: &[f64], b: Option<&[f64]>, d: Dims) -> Result<Vec<f64>> {
-    let (mut y, beta) = match b {
-        Some(b) => (b.repeat(d.n), 1.0),
-        None => (vec![0f64; d.n * d.out], 0.0),
-    };
-    gemm::dgemm(
-        Trans::No,
-        Trans::Yes,
-        d.n,
-        d.out,
-        d.inp,
-        1.0,
-        x,
-        d.inp,
-        w,
-        d.inp,
-        beta,
-        &mut y,
-        d.out,
-        Threads::All,
-    )?;
+    let (mut y, beta) = preloaded_output(b, d);
+    product_forward(&dgemm_all, x, w, beta, &mut y, d)?;
     Ok(y)
 }
 
@@ -210,99 +348,21 @@ fn backward_f32(
     let (dx, dw, db) = split_grads(&mut g, d);
     match p {
         Precision::F32 => {
-            // dx (N, in) = dy (N, out) · W (out, in)
-            gemm::sgemm(
-                Trans::No,
-                Trans::No,
-                d.n,
-                d.inp,
-                d.out,
-                1.0,
-                dy,
-                d.out,
-                w,
-                d.inp,
-                0.0,
-                dx,
-                d.inp,
-                Threads::All,
-            )?;
-            // dW (out, in) = dyᵀ (out, N) · x (N, in)
-            gemm::sgemm(
-                Trans::Yes,
-                Trans::No,
-                d.out,
-                d.inp,
-                d.n,
-                1.0,
-                dy,
-                d.out,
-                x,
-                d.inp,
-                0.0,
-                dw,
-                d.inp,
-                Threads::All,
-            )?;
+            product_grad_input(&sgemm_all, dy, w, 0.0, dx, d)?;
+            product_grad_weight(&sgemm_all, dy, x, 0.0, dw, d)?;
         }
         Precision::Bf16Autocast => {
             let dy_h = gemm::to_bf16(dy);
             let w_h = gemm::to_bf16(w);
-            gemm::gemm_bf16_f32(
-                Trans::No,
-                Trans::No,
-                d.n,
-                d.inp,
-                d.out,
-                1.0,
-                &dy_h,
-                d.out,
-                &w_h,
-                d.inp,
-                0.0,
-                dx,
-                d.inp,
-                Threads::All,
-            )?;
+            product_grad_input(&bf16_gemm_all, &dy_h, &w_h, 0.0, dx, d)?;
             drop(w_h);
             let x_h = gemm::to_bf16(x);
-            gemm::gemm_bf16_f32(
-                Trans::Yes,
-                Trans::No,
-                d.out,
-                d.inp,
-                d.n,
-                1.0,
-                &dy_h,
-                d.out,
-                &x_h,
-                d.inp,
-                0.0,
-                dw,
-                d.inp,
-                Threads::All,
-            )?;
+            product_grad_weight(&bf16_gemm_all, &dy_h, &x_h, 0.0, dw, d)?;
         }
     }
     if bias {
-        // db (1, out) = 1ᵀ (1, N) · dy (N, out), in f32 whatever the GEMM precision
-        let ones = vec![1f32; d.n];
-        gemm::sgemm(
-            Trans::No,
-            Trans::No,
-            1,
-            d.out,
-            d.n,
-            1.0,
-            &ones,
-            d.n,
-            dy,
-            d.out,
-            0.0,
-            db,
-            d.out,
-            Threads::All,
-        )?;
+        // in f32 whatever the GEMM precision
+        product_grad_bias(&sgemm_all, &vec![1f32; d.n], dy, 0.0, db, d)?;
     }
     Ok(g)
 }
@@ -312,56 +372,10 @@ fn backward_f64(x: &[f64], w: &[f64], dy: &[f64], d: Dims, bias: bool) -> Result
     let nb = if bias { d.out } else { 0 };
     let mut g = vec![0f64; d.n * d.inp + d.out * d.inp + nb];
     let (dx, dw, db) = split_grads(&mut g, d);
-    gemm::dgemm(
-        Trans::No,
-        Trans::No,
-        d.n,
-        d.inp,
-        d.out,
-        1.0,
-        dy,
-        d.out,
-        w,
-        d.inp,
-        0.0,
-        dx,
-        d.inp,
-        Threads::All,
-    )?;
-    gemm::dgemm(
-        Trans::Yes,
-        Trans::No,
-        d.out,
-        d.inp,
-        d.n,
-        1.0,
-        dy,
-        d.out,
-        x,
-        d.inp,
-        0.0,
-        dw,
-        d.inp,
-        Threads::All,
-    )?;
+    product_grad_input(&dgemm_all, dy, w, 0.0, dx, d)?;
+    product_grad_weight(&dgemm_all, dy, x, 0.0, dw, d)?;
     if bias {
-        let ones = vec![1f64; d.n];
-        gemm::dgemm(
-            Trans::No,
-            Trans::No,
-            1,
-            d.out,
-            d.n,
-            1.0,
-            &ones,
-            d.n,
-            dy,
-            d.out,
-            0.0,
-            db,
-            d.out,
-            Threads::All,
-        )?;
+        product_grad_bias(&dgemm_all, &vec![1f64; d.n], dy, 0.0, db, d)?;
     }
     Ok(g)
 }
