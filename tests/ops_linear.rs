@@ -10,38 +10,18 @@
 //! - bf16 autocast: within bf16 tolerance of f32, with f32 outputs and gradients.
 //! - MKL absent: the loader reports why, and a child process falls back to portable.
 
+mod common;
+
 use candle_core::{DType, Device, Result, Tensor, Var};
+use common::ops::{rand_t, rand_vec};
 use smelt::ops::gemm::{self, bf16, Backend, Threads, Trans};
 use smelt::ops::{self, Precision};
-
-/// Deterministic pseudo-random values in [-scale, scale) (splitmix64).
-fn rand_vec(n: usize, seed: u64, scale: f64) -> Vec<f64> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn rand_f32(n: usize, seed: u64) -> Vec<f32> {
     rand_vec(n, seed, 1.0)
         .into_iter()
         .map(|v| v as f32)
         .collect()
-}
-
-fn rand_t(shape: &[usize], seed: u64, scale: f64, dtype: DType) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::from_vec(rand_vec(n, seed, scale), shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
 }
 
 /// `max |a − b| / max |b|` over two equally long sequences.

@@ -1,5 +1,7 @@
-//! Helpers shared by the integration tests: locating real assets.
+//! Helpers shared by the integration tests: locating real assets; op-test tensors ([`ops`]).
 #![allow(dead_code)]
+
+pub mod ops;
 
 use std::path::PathBuf;
 
