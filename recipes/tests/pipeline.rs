@@ -80,7 +80,7 @@ fn shrunken_pipeline_improves_every_stage_and_rerun_skips_finished_stages() {
         );
         assert!(stage.join("plots").is_dir(), "{s}: no plots");
         let row = summary.rows.iter().find(|r| r.stage == s).unwrap();
-        assert_eq!(row.gate.len(), 3, "{s}: every headline metric is compared");
+        assert_eq!(row.gate.len(), 4, "{s}: every headline metric is compared");
         assert_eq!(
             row.gate.iter().filter(|g| g.gated).count(),
             1,

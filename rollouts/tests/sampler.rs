@@ -152,6 +152,43 @@ fn seeded_samples_repeat_across_runs_and_batch_compositions() {
 }
 
 #[test]
+fn a_group_sharing_one_prompt_samples_as_if_each_request_ran_alone() {
+    // GRPO's requests repeat each prompt `num_generations` times back to back; the
+    // sampler prefills a repeated prompt once and gives every row its own cache slots.
+    let (model, tok) = tiny();
+    let params = SamplingParams {
+        temperature: 1.0,
+        max_new_tokens: 12,
+        seed: 7,
+        ..Default::default()
+    };
+    let p = prompts();
+    let grouped: Vec<Vec<u32>> = [0, 0, 0, 3, 3, 1, 3]
+        .iter()
+        .map(|&i| p[i].clone())
+        .collect();
+    let together = Sampler::new(&model, &tok, 8)
+        .unwrap()
+        .generate(requests(&grouped, &params))
+        .unwrap();
+    let single = Sampler::new(&model, &tok, 1).unwrap();
+    for (i, r) in requests(&grouped, &params).into_iter().enumerate() {
+        let alone = single.generate(vec![r]).unwrap().remove(0);
+        assert_eq!(alone.token_ids, together[i].token_ids, "request {i}");
+        for (a, b) in alone
+            .behaviour_logprobs
+            .iter()
+            .zip(&together[i].behaviour_logprobs)
+        {
+            assert!((a - b).abs() < 1e-5, "request {i}: {a} vs {b}");
+        }
+    }
+    // the rows of a group drew different samples (they do not share their RNG or slots)
+    assert_ne!(together[0].token_ids, together[1].token_ids);
+    assert_ne!(together[1].token_ids, together[2].token_ids);
+}
+
+#[test]
 fn behaviour_logprobs_are_log_softmax_of_forward_over_temperature() {
     let (model, tok) = tiny();
     let t = 0.7;

@@ -250,7 +250,9 @@ impl KvCache {
     /// Stacks caches along the batch dimension, left-padding the shorter ones with zero
     /// slots up to the longest length. Row `i` of the result holds `max_len - caches[i].len()`
     /// padding slots first: the caller must mask them (see `Model::decode_left_padded`).
-    /// The result keeps the largest capacity of its parts.
+    /// The result keeps the largest capacity of its parts (and at least `MIN_HEADROOM` free
+    /// slots), in fresh buffers: it never shares storage with a part, so one part may be
+    /// passed for several rows.
     pub fn cat_left_padded(caches: &[&KvCache]) -> Result<KvCache> {
         let Some(first) = caches.first() else {
             bail!("KvCache::cat_left_padded of no caches");

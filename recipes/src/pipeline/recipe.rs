@@ -153,6 +153,9 @@ pub struct EvalSettings {
     pub bpb_docs: Option<usize>,
     /// Window of the bits-per-byte eval in tokens (default 256).
     pub bpb_max_length: usize,
+    /// Sampling temperature of `arithmetic_sampled` (default 0.5: set it to
+    /// `[grpo.grpo] temperature`, the distribution GRPO improves).
+    pub sample_temperature: f64,
     /// One-sided significance level of the gate (default 0.05, `smelt eval --gate`).
     pub alpha: f64,
     /// Fail or warn on a gated regression (default `fail`).
@@ -165,6 +168,7 @@ impl Default for EvalSettings {
             bpb_file: PathBuf::from("assets/corpus/shakespeare-valid.jsonl"),
             bpb_docs: None,
             bpb_max_length: 256,
+            sample_temperature: 0.5,
             alpha: 0.05,
             gate: GateMode::Fail,
         }
@@ -245,6 +249,12 @@ impl PipelineRecipe {
             ));
         }
         check_file(origin, "evals.bpb_file", &self.evals.bpb_file)?;
+        let t = self.evals.sample_temperature;
+        if !(t.is_finite() && t > 0.0) {
+            return Err(bad(format!(
+                "`evals.sample_temperature` must be > 0, got {t}"
+            )));
+        }
         let mut plans = Vec::new();
         let mut previous: Option<Stage> = None;
         // The tokenizer the previous stage writes (see `compat` for the rule).

@@ -83,19 +83,33 @@ pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Compl
     let mut rows: Vec<Row> = Vec::new();
     let mut cache: Option<KvCache> = None;
     loop {
-        // Admit queued requests: prefill each alone, draw its first token, join left-padded.
-        let mut joined: Vec<KvCache> = Vec::new();
+        // Admit queued requests: prefill each distinct prompt once (a GRPO group's
+        // requests repeat one prompt back to back and share its prefill), draw each
+        // row's first token with its own RNG, join left-padded.
+        let mut prefilled: Vec<KvCache> = Vec::new();
+        let mut joined: Vec<usize> = Vec::new(); // per joined row: its prefill in `prefilled`
+        let mut memo: Option<(Vec<u32>, Vec<f32>, usize)> = None; // last prompt, logits, prefill
         while rows.len() < sampler.max_batch {
             let Some((index, request)) = queue.next() else {
                 break;
             };
-            let mut own = KvCache::with_capacity(
-                num_layers,
-                request.prompt_ids.len() + request.params.max_new_tokens,
-            );
-            let input = Tensor::new(request.prompt_ids.as_slice(), device)?.unsqueeze(0)?; // (1, T)
-                                                                                           // logits of the last prompt position only
-            let last: Vec<f32> = model.decode_last(&input, &mut own)?.squeeze(0)?.to_vec1()?; // (V,)
+            let (last, own) = match &memo {
+                Some((prompt, last, own)) if *prompt == request.prompt_ids => (last.clone(), *own),
+                _ => {
+                    let mut own = KvCache::with_capacity(
+                        num_layers,
+                        request.prompt_ids.len() + request.params.max_new_tokens,
+                    );
+                    let input = Tensor::new(request.prompt_ids.as_slice(), device)?.unsqueeze(0)?; // (1, T)
+                                                                                                   // logits of the last prompt position only
+                    let last: Vec<f32> =
+                        model.decode_last(&input, &mut own)?.squeeze(0)?.to_vec1()?; // (V,)
+                    prefilled.push(own);
+                    let at = prefilled.len() - 1;
+                    memo = Some((request.prompt_ids.clone(), last.clone(), at));
+                    (last, at)
+                }
+            };
             let mut row = Row {
                 index,
                 rng: StdRng::seed_from_u64(request_seed(request.params.seed, request.id)),
@@ -116,8 +130,10 @@ pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Compl
             }
         }
         if !joined.is_empty() {
+            // `cat_left_padded` copies into a fresh buffer, so rows sharing a prefill
+            // never write into each other's slots
             let mut parts: Vec<&KvCache> = cache.iter().collect();
-            parts.extend(joined.iter());
+            parts.extend(joined.iter().map(|&i| &prefilled[i]));
             cache = Some(KvCache::cat_left_padded(&parts)?);
         }
         let Some(c) = cache.as_mut() else {
