@@ -291,6 +291,34 @@ fn plots_are_png_files_of_the_configured_size() {
     );
 }
 
+#[test]
+fn post_training_logs_get_their_own_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let plots = |name: &str, records: Vec<Value>| -> Vec<String> {
+        let path = dir.path().join(format!("{name}.jsonl"));
+        let mut log = MetricsLog::open(&path).unwrap();
+        for r in &records {
+            log.write(r).unwrap();
+        }
+        plot_metrics(&path, &dir.path().join(name))
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    let grpo = (1..=20u64)
+        .map(|s| json!({"step": s, "loss": 0.0, "reward": 0.2 + 0.01 * s as f64, "entropy": 0.5}))
+        .collect();
+    assert_eq!(plots("grpo", grpo), ["loss.png", "reward.png", "entropy.png"]);
+    let dpo = (1..=20u64)
+        .map(|s| json!({"step": s, "loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.1}))
+        .collect();
+    assert_eq!(
+        plots("dpo", dpo),
+        ["loss.png", "reward_accuracy.png", "reward_margin.png"]
+    );
+}
+
 /// A `Write` that appends into a shared buffer the test can read.
 #[derive(Clone, Default)]
 struct Shared(Arc<Mutex<Vec<u8>>>);

@@ -1,5 +1,7 @@
-//! PNG line plots of a metrics log: loss (with eval loss), learning rate,
-//! throughput and gradient norm against the step.
+//! PNG line plots of a metrics log against the step: loss (with eval loss), learning
+//! rate, throughput and gradient norm for every run, and the post-training curves
+//! where the log has them (GRPO's mean reward and entropy, DPO's reward accuracy and
+//! margin).
 //!
 //! Key decisions:
 //! - **The plots are a pure function of `metrics.jsonl`**, so they can be redrawn
@@ -32,7 +34,7 @@ struct Panel {
 }
 
 /// The plots [`plot_metrics`] draws, in order.
-const PANELS: [Panel; 4] = [
+const PANELS: [Panel; 8] = [
     Panel {
         stem: "loss",
         title: "Loss",
@@ -56,6 +58,30 @@ const PANELS: [Panel; 4] = [
         title: "Gradient norm",
         y_desc: "grad norm",
         metrics: &["grad_norm"],
+    },
+    Panel {
+        stem: "reward",
+        title: "Mean reward of each generation batch",
+        y_desc: "reward",
+        metrics: &["reward"],
+    },
+    Panel {
+        stem: "entropy",
+        title: "Entropy of the completions",
+        y_desc: "nats / token",
+        metrics: &["entropy"],
+    },
+    Panel {
+        stem: "reward_accuracy",
+        title: "Implicit-reward accuracy (chosen above rejected)",
+        y_desc: "accuracy",
+        metrics: &["rewards/accuracies"],
+    },
+    Panel {
+        stem: "reward_margin",
+        title: "Implicit-reward margin (chosen minus rejected)",
+        y_desc: "margin",
+        metrics: &["rewards/margins"],
     },
 ];
 
@@ -81,8 +107,10 @@ impl Default for PlotOptions {
 }
 
 /// Reads `metrics_jsonl` and writes `loss.png` (with `eval_loss` when present),
-/// `lr.png`, `tokens_per_s.png` and `grad_norm.png` into `out_dir` (created if
-/// needed), skipping plots whose metrics are absent. Returns the written paths.
+/// `lr.png`, `tokens_per_s.png`, `grad_norm.png` and, when logged, `reward.png`,
+/// `entropy.png` (GRPO), `reward_accuracy.png`, `reward_margin.png` (DPO) into
+/// `out_dir` (created if needed), skipping plots whose metrics are absent. Returns the
+/// written paths.
 pub fn plot_metrics(metrics_jsonl: &Path, out_dir: &Path) -> Result<Vec<PathBuf>> {
     plot_metrics_with(metrics_jsonl, out_dir, &PlotOptions::default())
 }
