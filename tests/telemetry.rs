@@ -309,9 +309,14 @@ fn post_training_logs_get_their_own_curves() {
     let grpo = (1..=20u64)
         .map(|s| json!({"step": s, "loss": 0.0, "reward": 0.2 + 0.01 * s as f64, "entropy": 0.5}))
         .collect();
-    assert_eq!(plots("grpo", grpo), ["loss.png", "reward.png", "entropy.png"]);
+    assert_eq!(
+        plots("grpo", grpo),
+        ["loss.png", "reward.png", "entropy.png"]
+    );
     let dpo = (1..=20u64)
-        .map(|s| json!({"step": s, "loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.1}))
+        .map(
+            |s| json!({"step": s, "loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.1}),
+        )
         .collect();
     assert_eq!(
         plots("dpo", dpo),

@@ -62,13 +62,19 @@ fn shrunken_pipeline_improves_every_stage_and_rerun_skips_finished_stages() {
         last > first,
         "GRPO reward {first:.3} -> {last:.3}: {rewards:?}"
     );
+    let sampled = |s| summary.value(s, "arithmetic_sampled/avg@4").unwrap();
+    assert!(
+        sampled("grpo") > sampled("dpo"),
+        "GRPO sampled exact match {} -> {}",
+        sampled("dpo"),
+        sampled("grpo")
+    );
     let grpo_gate = &summary.rows.last().unwrap().gate;
     let gated = grpo_gate.iter().find(|g| g.gated).unwrap();
     assert!(
-        gated.metric == "arithmetic/exact_match" && gated.regression.is_none(),
-        "GRPO exact match {} -> {}: {:?}",
-        em("dpo"),
-        em("grpo"),
+        gated.metric == "arithmetic_sampled/avg@4" && gated.regression.is_none(),
+        "GRPO gated on {}: {:?}",
+        gated.metric,
         gated.regression
     );
     for s in ["pretrain", "sft", "dpo", "grpo"] {
