@@ -300,7 +300,11 @@ fn post_training_logs_get_their_own_curves() {
         for r in &records {
             log.write(r).unwrap();
         }
-        plot_metrics(&path, &dir.path().join(name))
+        let out = match std::env::var_os("SMELT_KEEP_PLOTS") {
+            Some(d) => std::path::PathBuf::from(d).join(name),
+            None => dir.path().join(name),
+        };
+        plot_metrics(&path, &out)
             .unwrap()
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())

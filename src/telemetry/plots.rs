@@ -1,7 +1,7 @@
 //! PNG line plots of a metrics log against the step: loss (with eval loss), learning
 //! rate, throughput and gradient norm for every run, and the post-training curves
 //! where the log has them (GRPO's mean reward and entropy, DPO's reward accuracy and
-//! margin).
+//! margin), those four with a 10-step moving average drawn over the noisy per-step line.
 //!
 //! Key decisions:
 //! - **The plots are a pure function of `metrics.jsonl`**, so they can be redrawn
@@ -31,6 +31,8 @@ struct Panel {
     title: &'static str,
     y_desc: &'static str,
     metrics: &'static [&'static str],
+    /// Trailing moving-average window drawn over a single noisy metric (0 = none).
+    smooth: usize,
 }
 
 /// The plots [`plot_metrics`] draws, in order.
@@ -40,48 +42,56 @@ const PANELS: [Panel; 8] = [
         title: "Loss",
         y_desc: "loss",
         metrics: &["loss", "eval_loss"],
+        smooth: 0,
     },
     Panel {
         stem: "lr",
         title: "Learning rate",
         y_desc: "learning rate",
         metrics: &["lr"],
+        smooth: 0,
     },
     Panel {
         stem: "tokens_per_s",
         title: "Throughput",
         y_desc: "tokens / s",
         metrics: &["tokens_per_s"],
+        smooth: 0,
     },
     Panel {
         stem: "grad_norm",
         title: "Gradient norm",
         y_desc: "grad norm",
         metrics: &["grad_norm"],
+        smooth: 0,
     },
     Panel {
         stem: "reward",
         title: "Mean reward of each generation batch",
         y_desc: "reward",
         metrics: &["reward"],
+        smooth: 10,
     },
     Panel {
         stem: "entropy",
         title: "Entropy of the completions",
         y_desc: "nats / token",
         metrics: &["entropy"],
+        smooth: 10,
     },
     Panel {
         stem: "reward_accuracy",
         title: "Implicit-reward accuracy (chosen above rejected)",
         y_desc: "accuracy",
         metrics: &["rewards/accuracies"],
+        smooth: 10,
     },
     Panel {
         stem: "reward_margin",
         title: "Implicit-reward margin (chosen minus rejected)",
         y_desc: "margin",
         metrics: &["rewards/margins"],
+        smooth: 10,
     },
 ];
 
@@ -132,14 +142,18 @@ pub fn plot_metrics_with(
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mut written = Vec::new();
     for panel in &PANELS {
-        let series: Vec<Series> = panel
+        let mut series: Vec<Series> = panel
             .metrics
             .iter()
-            .map(|&m| (m, segments(&records, m)))
+            .map(|&m| (m.to_string(), segments(&records, m)))
             .filter(|(_, segs)| !segs.is_empty())
             .collect();
         if series.is_empty() {
             continue;
+        }
+        if let ([(name, segs)], w @ 2..) = (series.as_slice(), panel.smooth) {
+            let averaged = segs.iter().map(|seg| moving_average(seg, w)).collect();
+            series.push((format!("{name}, mean of the last {w} steps"), averaged));
         }
         let target = out_dir.join(format!("{}.png", panel.stem));
         // The extension must stay `.png`: the encoder is chosen from it.
@@ -179,6 +193,17 @@ fn segments(records: &[Value], metric: &str) -> Vec<Vec<(f64, f64)>> {
     out
 }
 
+/// Trailing moving average of a segment's values over `window` points (fewer at its start).
+fn moving_average(seg: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
+    (0..seg.len())
+        .map(|i| {
+            let from = (i + 1).saturating_sub(window);
+            let mean = seg[from..=i].iter().map(|p| p.1).sum::<f64>() / (i + 1 - from) as f64;
+            (seg[i].0, mean)
+        })
+        .collect()
+}
+
 /// Registers the embedded DejaVu Sans as plotters' `sans-serif`, once per process.
 fn register_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
@@ -196,7 +221,7 @@ fn register_font() -> Result<()> {
 }
 
 /// A metric's name and its line segments of `(step, value)`.
-type Series<'a> = (&'a str, Vec<Vec<(f64, f64)>>);
+type Series = (String, Vec<Vec<(f64, f64)>>);
 
 /// Draws one panel to `path`.
 fn draw(
@@ -238,7 +263,7 @@ fn draw(
                 LineSeries::new(seg.iter().copied(), colour.stroke_width(2)).point_size(marker),
             )?;
             if j == 0 {
-                drawn.label(*name).legend(move |(x, y)| {
+                drawn.label(name.as_str()).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2))
                 });
             }
@@ -301,6 +326,16 @@ fn format_tick(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moving_average_trails_and_starts_short() {
+        let seg = [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0), (5.0, 6.0)];
+        assert_eq!(
+            moving_average(&seg, 2),
+            vec![(1.0, 1.0), (2.0, 1.5), (3.0, 2.5), (5.0, 4.5)]
+        );
+        assert_eq!(moving_average(&seg, 1), seg.to_vec());
+    }
 
     #[test]
     fn tick_labels_are_compact() {
