@@ -47,7 +47,8 @@ pub struct BenchArgs {
     /// The model as a GGUF file (dequantized to f32).
     #[arg(long)]
     pub gguf: PathBuf,
-    /// Rows per batch.
+    /// Rows per batch (prompts per step for `grpo`). Unless given, each workload uses
+    /// `reference.py`'s default: 4, but 8 for `generate` and 2 for `grpo`.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
     /// Tokens per row (`train-step`).
@@ -205,11 +206,17 @@ fn train_step(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value>
 }
 
 fn generate(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    if a.prompt_len == 0 || a.batch == 0 {
+    // reference.py's generate workload runs 8 rows unless told otherwise
+    let batch = if super::bench_posttrain::defaulted("batch") {
+        8
+    } else {
+        a.batch
+    };
+    if a.prompt_len == 0 || batch == 0 {
         bail!("generate needs --prompt-len ≥ 1 and --batch ≥ 1");
     }
-    let ids = workload_tokens(a.batch, a.prompt_len, model.config().vocab_size, a.seed);
-    let prompt = Tensor::from_vec(ids, (a.batch, a.prompt_len), model.device())?;
+    let ids = workload_tokens(batch, a.prompt_len, model.config().vocab_size, a.seed);
+    let prompt = Tensor::from_vec(ids, (batch, a.prompt_len), model.device())?;
     let greedy = |prompt: &Tensor, n: usize| -> anyhow::Result<usize> {
         let mut cache =
             KvCache::with_capacity(model.config().num_hidden_layers, prompt.dim(1)? + n + 1);
@@ -225,8 +232,8 @@ fn generate(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let n = greedy(&prompt, a.new_tokens)?;
     let dt = t0.elapsed().as_secs_f64();
     Ok(serde_json::json!({
-        "workload": "generate", "impl": "smelt", "batch": a.batch,
+        "workload": "generate", "impl": "smelt", "batch": batch,
         "prompt_len": a.prompt_len, "new_tokens": n, "seconds": dt,
-        "new_tokens_per_s": (a.batch * n) as f64 / dt, "peak_rss_mb": peak_rss_mb(),
+        "new_tokens_per_s": (batch * n) as f64 / dt, "peak_rss_mb": peak_rss_mb(),
     }))
 }

@@ -137,7 +137,7 @@ fn grpo_rows(n: usize) -> Vec<Value> {
 }
 
 /// Whether `flag` of `smelt bench` was left at its default on this command line.
-fn defaulted(flag: &str) -> bool {
+pub(crate) fn defaulted(flag: &str) -> bool {
     let matches = crate::Cli::command().ignore_errors(true).get_matches();
     matches
         .subcommand_matches("bench")
