@@ -242,6 +242,13 @@ fn png_size(path: &Path) -> (u32, u32) {
     (be(16), be(20))
 }
 
+/// `scratch/name`, or `$SMELT_KEEP_PLOTS/name` to keep the PNGs for a look.
+fn plots_dir(scratch: &Path, name: &str) -> std::path::PathBuf {
+    std::env::var_os("SMELT_KEEP_PLOTS")
+        .map_or_else(|| scratch.to_path_buf(), std::path::PathBuf::from)
+        .join(name)
+}
+
 #[test]
 fn plots_are_png_files_of_the_configured_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,10 +268,7 @@ fn plots_are_png_files_of_the_configured_size() {
         }
         log.write(&r).unwrap();
     }
-    let out = match std::env::var_os("SMELT_KEEP_PLOTS") {
-        Some(d) => d.into(),
-        None => dir.path().join("plots"),
-    };
+    let out = plots_dir(dir.path(), "plots");
     let written = plot_metrics(&log_path, &out).unwrap();
     let names: Vec<_> = written
         .iter()
@@ -300,11 +304,7 @@ fn post_training_logs_get_their_own_curves() {
         for r in &records {
             log.write(r).unwrap();
         }
-        let out = match std::env::var_os("SMELT_KEEP_PLOTS") {
-            Some(d) => std::path::PathBuf::from(d).join(name),
-            None => dir.path().join(name),
-        };
-        plot_metrics(&path, &out)
+        plot_metrics(&path, &plots_dir(dir.path(), name))
             .unwrap()
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())

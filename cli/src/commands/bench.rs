@@ -206,12 +206,7 @@ fn train_step(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value>
 }
 
 fn generate(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
-    // reference.py's generate workload runs 8 rows unless told otherwise
-    let batch = if super::bench_posttrain::defaulted("batch") {
-        8
-    } else {
-        a.batch
-    };
+    let batch = super::bench_posttrain::or_workload_default("batch", a.batch, 8);
     if a.prompt_len == 0 || batch == 0 {
         bail!("generate needs --prompt-len ≥ 1 and --batch ≥ 1");
     }

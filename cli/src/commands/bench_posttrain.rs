@@ -136,8 +136,18 @@ fn grpo_rows(n: usize) -> Vec<Value> {
         .collect()
 }
 
+/// `given` when `flag` was on the command line, else the workload's own default
+/// (`reference.py`'s, which differs between workloads).
+pub(crate) fn or_workload_default(flag: &str, given: usize, workload_default: usize) -> usize {
+    if defaulted(flag) {
+        workload_default
+    } else {
+        given
+    }
+}
+
 /// Whether `flag` of `smelt bench` was left at its default on this command line.
-pub(crate) fn defaulted(flag: &str) -> bool {
+fn defaulted(flag: &str) -> bool {
     let matches = crate::Cli::command().ignore_errors(true).get_matches();
     matches
         .subcommand_matches("bench")
@@ -157,16 +167,9 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// Runs `grpo` and returns the JSON line.
 pub fn run_grpo_bench(args: &BenchArgs) -> anyhow::Result<Value> {
     let flags = &args.grpo;
-    let pick = |flag: &str, given: usize, grpo_default: usize| {
-        if defaulted(flag) {
-            grpo_default
-        } else {
-            given
-        }
-    };
-    let batch = pick("batch", args.batch, 2);
-    let new_tokens = pick("new_tokens", args.new_tokens, 32);
-    let steps = pick("steps", args.steps, 3);
+    let batch = or_workload_default("batch", args.batch, 2);
+    let new_tokens = or_workload_default("new_tokens", args.new_tokens, 32);
+    let steps = or_workload_default("steps", args.steps, 3);
     if batch == 0 || flags.generations < 2 || new_tokens == 0 || steps < 2 {
         bail!(
             "grpo benchmark needs --batch ≥ 1, --generations ≥ 2, --new-tokens ≥ 1 and --steps ≥ 2"

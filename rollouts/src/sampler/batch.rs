@@ -101,9 +101,9 @@ pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Compl
                         request.prompt_ids.len() + request.params.max_new_tokens,
                     );
                     let input = Tensor::new(request.prompt_ids.as_slice(), device)?.unsqueeze(0)?; // (1, T)
-                                                                                                   // logits of the last prompt position only
+                                                                                                   // logits of the last prompt position only, (V,)
                     let last: Vec<f32> =
-                        model.decode_last(&input, &mut own)?.squeeze(0)?.to_vec1()?; // (V,)
+                        model.decode_last(&input, &mut own)?.squeeze(0)?.to_vec1()?;
                     prefilled.push(own);
                     let at = prefilled.len() - 1;
                     memo = Some((request.prompt_ids.clone(), last.clone(), at));
