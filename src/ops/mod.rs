@@ -13,7 +13,7 @@
 //! kernels do not cover (half dtypes, non-CPU devices) fall back to the reference.
 
 mod attention;
-mod cpu;
+pub(crate) mod cpu;
 pub mod gemm;
 mod linear;
 mod linear_cross_entropy;

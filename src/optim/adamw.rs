@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::fused_adamw::{self, UpdateScalars};
 use crate::{Error, Result};
 
 /// AdamW hyper-parameters (the learning rate comes from the schedule at each step).
@@ -136,12 +137,13 @@ impl AdamW {
                     "AdamW::new: parameter `{name}` is listed twice"
                 )));
             }
-            let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+            // Two separate buffers: the fused CPU update writes them in place.
+            let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
             state.push(ParamState {
                 name: name.clone(),
                 decay: Self::decays_with(&config, name),
-                exp_avg: zeros.clone(),
-                exp_avg_sq: zeros,
+                exp_avg: zeros()?,
+                exp_avg_sq: zeros()?,
             });
         }
         Ok(AdamW {
@@ -232,22 +234,21 @@ impl AdamW {
         let step_size = lr / bias_correction1;
 
         for ((st, (_, var)), grad) in self.state.iter_mut().zip(params).zip(grads) {
-            // Detached views: the update must not extend any autograd graph.
-            let g = grad.detach().to_dtype(DType::F32)?; // (param shape)
-            let mut p = var.as_tensor().detach().to_dtype(DType::F32)?; // (param shape)
-            if st.decay {
-                p = p.affine(1.0 - lr * weight_decay, 0.0)?;
+            let scalars = UpdateScalars {
+                decay_mul: st.decay.then_some(1.0 - lr * weight_decay),
+                beta1,
+                beta2,
+                inv_bias_correction2_sqrt: 1.0 / bias_correction2_sqrt,
+                eps,
+                step_size,
+            };
+            let param = var.as_tensor();
+            if fused_adamw::applies(param, grad, [&st.exp_avg, &st.exp_avg_sq]) {
+                fused_adamw::update_in_place(param, grad, &st.exp_avg, &st.exp_avg_sq, scalars)?;
+            } else {
+                // GPU, bf16 parameters, strided views
+                update_op_by_op(var, grad, &mut st.exp_avg, &mut st.exp_avg_sq, scalars)?;
             }
-            // m = b1 m + (1 - b1) g
-            st.exp_avg = (st.exp_avg.affine(beta1, 0.0)? + g.affine(1.0 - beta1, 0.0)?)?;
-            // v = b2 v + (1 - b2) g²
-            st.exp_avg_sq =
-                (st.exp_avg_sq.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
-            // denom = sqrt(v) / sqrt(1 - b2^t) + eps
-            let denom = (st.exp_avg_sq.sqrt()? / bias_correction2_sqrt)?.affine(1.0, eps)?;
-            // p -= step_size * m / denom
-            let p = (p - (st.exp_avg.div(&denom)? * step_size)?)?;
-            var.set(&p.to_dtype(var.dtype())?)?;
         }
         Ok(())
     }
@@ -255,6 +256,10 @@ impl AdamW {
     /// The moments as named tensors, `exp_avg.<param>` and `exp_avg_sq.<param>` (f32,
     /// parameter shapes), for `optimizer.safetensors`. The step count is
     /// [`AdamW::steps_taken`], stored beside it by the caller.
+    ///
+    /// The tensors share storage with the optimizer (no copy of the moments is made):
+    /// on the CPU the next [`AdamW::step`] updates them in place, so write them out
+    /// (or `copy()` them) before stepping again.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.state.len());
         for st in &self.state {
@@ -292,7 +297,13 @@ impl AdamW {
                         st.exp_avg.dims()
                     )));
                 }
-                pair.push(t.to_dtype(DType::F32)?.to_device(st.exp_avg.device())?);
+                // An owned copy: the update writes the moments in place, and `t` may
+                // share its storage with the caller.
+                pair.push(
+                    t.to_dtype(DType::F32)?
+                        .to_device(st.exp_avg.device())?
+                        .copy()?,
+                );
             }
             restored.push(pair);
         }
@@ -310,9 +321,89 @@ impl AdamW {
     }
 }
 
+/// The update of one parameter as a chain of tensor ops (any device and dtype): the
+/// reference the fused CPU pass reproduces bit for bit.
+fn update_op_by_op(
+    var: &Var,
+    grad: &Tensor,
+    exp_avg: &mut Tensor,
+    exp_avg_sq: &mut Tensor,
+    s: UpdateScalars,
+) -> Result<()> {
+    // Detached views: the update must not extend any autograd graph.
+    let g = grad.detach().to_dtype(DType::F32)?; // (param shape)
+    let mut p = var.as_tensor().detach().to_dtype(DType::F32)?; // (param shape)
+    if let Some(decay_mul) = s.decay_mul {
+        p = p.affine(decay_mul, 0.0)?;
+    }
+    // m = b1 m + (1 - b1) g
+    *exp_avg = (exp_avg.affine(s.beta1, 0.0)? + g.affine(1.0 - s.beta1, 0.0)?)?;
+    // v = b2 v + (1 - b2) g²
+    *exp_avg_sq = (exp_avg_sq.affine(s.beta2, 0.0)? + g.sqr()?.affine(1.0 - s.beta2, 0.0)?)?;
+    // denom = sqrt(v) / sqrt(1 - b2^t) + eps
+    let denom = exp_avg_sq
+        .sqrt()?
+        .affine(s.inv_bias_correction2_sqrt, 0.0)?
+        .affine(1.0, s.eps)?;
+    // p -= step_size * m / denom
+    let p = (p - exp_avg.div(&denom)?.affine(s.step_size, 0.0)?)?;
+    var.set(&p.to_dtype(var.dtype())?)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused in-place pass and the op chain give the same bits for parameter and
+    /// moments over several steps, with and without decay, on a size split across
+    /// threads and an odd one that is not.
+    #[test]
+    fn fused_and_op_by_op_updates_are_bit_identical() {
+        use candle_core::Device;
+        for (n, decay) in [(100_003usize, true), (1001, false), (70_000, false)] {
+            let dev = Device::Cpu;
+            let init = Tensor::randn(0f32, 0.02, n, &dev).unwrap();
+            let fused_p = Var::from_tensor(&init.copy().unwrap()).unwrap();
+            let chain_p = Var::from_tensor(&init.copy().unwrap()).unwrap();
+            let zeros = || Tensor::zeros(n, DType::F32, &dev).unwrap();
+            let (fm, fv) = (zeros(), zeros());
+            let (mut cm, mut cv) = (zeros(), zeros());
+            for step in 1..=3i32 {
+                let g = Tensor::randn(0f32, 1e-3, n, &dev).unwrap();
+                let s = UpdateScalars {
+                    decay_mul: decay.then_some(1.0 - 1e-3 * 0.1),
+                    beta1: 0.9,
+                    beta2: 0.95,
+                    inv_bias_correction2_sqrt: 1.0 / (1.0 - 0.95f64.powi(step)).sqrt(),
+                    eps: 1e-8,
+                    step_size: 1e-3 / (1.0 - 0.9f64.powi(step)),
+                };
+                assert!(fused_adamw::applies(fused_p.as_tensor(), &g, [&fm, &fv]));
+                fused_adamw::update_in_place(fused_p.as_tensor(), &g, &fm, &fv, s).unwrap();
+                update_op_by_op(&chain_p, &g, &mut cm, &mut cv, s).unwrap();
+            }
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            };
+            assert_ne!(
+                bits(&init),
+                bits(fused_p.as_tensor()),
+                "the update moved nothing"
+            );
+            assert_eq!(
+                bits(fused_p.as_tensor()),
+                bits(chain_p.as_tensor()),
+                "n={n}"
+            );
+            assert_eq!(bits(&fm), bits(&cm), "exp_avg n={n}");
+            assert_eq!(bits(&fv), bits(&cv), "exp_avg_sq n={n}");
+        }
+    }
 
     #[test]
     fn norm_and_embedding_names() {

@@ -16,6 +16,7 @@
 
 mod adamw;
 mod clip;
+mod fused_adamw;
 mod schedule;
 
 pub use adamw::{AdamW, AdamWConfig};
