@@ -12,6 +12,7 @@ mod common;
 use candle_core::{DType, Device, Result, Tensor};
 use common::ops::{max_rel_err, rand_t, rand_vec, value_and_grads};
 use smelt::ops;
+use smelt::ops::Precision::{Bf16Autocast, F32};
 
 /// `max |a − b| / max |b|`.
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
@@ -187,7 +188,7 @@ fn linear_cross_entropy_matches_reference_and_fd() {
         assert_matches_reference(
             &format!("linear_cross_entropy {:?}", (n, h, v, chunk)),
             &[hid.clone(), w.clone()],
-            &|a| Ok(ops::linear_cross_entropy(&a[0], &a[1], &labels, chunk)?.nll),
+            &|a| Ok(ops::linear_cross_entropy(&a[0], &a[1], &labels, chunk, F32)?.nll),
             &|a| {
                 let logits = ops::linear(&a[0], &a[1], None)?;
                 let lse = ops::reference::softmax_last_dim(&logits)?.log()?; // (N, V) log p
@@ -210,8 +211,47 @@ fn linear_cross_entropy_matches_reference_and_fd() {
     let w = rand_t(&[9, 3], 82, 1.0, DType::F64);
     let labels = labels_with_ignored(4, 9, 83);
     assert_fd("linear_cross_entropy f64", &[hid, w], &|a| {
-        Ok(ops::linear_cross_entropy(&a[0], &a[1], &labels, 4)?.nll)
+        Ok(ops::linear_cross_entropy(&a[0], &a[1], &labels, 4, F32)?.nll)
     });
+}
+
+/// Under bf16 autocast the loss is the f32 loss of the bf16-rounded hidden states and
+/// weight (the GEMM inputs are rounded, accumulation stays f32), and the gradients
+/// track the f32 ones within bf16 rounding (the upstream `dlogits` is rounded too).
+#[test]
+fn linear_cross_entropy_under_bf16_autocast_is_the_loss_of_rounded_inputs() {
+    let (n, h, v, chunk) = (64usize, 32usize, 300usize, 128usize);
+    let hid = rand_t(&[n, h], 52, 2.0, DType::F32);
+    let w = rand_t(&[v, h], 62, 1.0, DType::F32);
+    let labels = labels_with_ignored(n, v, 72);
+    let round = |t: &Tensor| t.to_dtype(DType::BF16)?.to_dtype(DType::F32);
+    let (y16, g16) = value_and_grads(&[hid.clone(), w.clone()], &|a| {
+        Ok(ops::linear_cross_entropy(&a[0], &a[1], &labels, chunk, Bf16Autocast)?.nll)
+    });
+    let y_rounded = ops::linear_cross_entropy(
+        &round(&hid).unwrap(),
+        &round(&w).unwrap(),
+        &labels,
+        chunk,
+        F32,
+    )
+    .unwrap()
+    .nll;
+    let e = rel_err(&y16, &y_rounded);
+    assert!(e <= 1e-5, "bf16 loss vs f32 loss of rounded inputs: {e:e}");
+    let (y32, g32) = value_and_grads(&[hid, w], &|a| {
+        Ok(ops::linear_cross_entropy(&a[0], &a[1], &labels, chunk, F32)?.nll)
+    });
+    let e = rel_err(&y16, &y32);
+    assert!(
+        e > 0.0 && e <= 2e-2,
+        "bf16 vs f32 loss: {e:e} (0 would mean no rounding happened)"
+    );
+    for (i, (a, b)) in g16.iter().zip(&g32).enumerate() {
+        assert_eq!(a.dtype(), DType::F32);
+        let e = rel_err(a, b);
+        assert!(e <= 2e-2, "grad {i}: bf16 vs f32 rel err {e:e}");
+    }
 }
 
 #[test]
@@ -219,7 +259,7 @@ fn linear_cross_entropy_rejects_out_of_range_label() {
     let hid = rand_t(&[2, 3], 1, 1.0, DType::F32);
     let w = rand_t(&[5, 3], 2, 1.0, DType::F32);
     let labels = Tensor::from_vec(vec![1i64, 5], 2, &Device::Cpu).unwrap();
-    let err = ops::linear_cross_entropy(&hid, &w, &labels, 2)
+    let err = ops::linear_cross_entropy(&hid, &w, &labels, 2, F32)
         .unwrap_err()
         .to_string();
     assert!(err.contains("label 5 out of range"), "{err}");

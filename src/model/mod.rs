@@ -446,7 +446,7 @@ impl Model {
     /// log-probs are `-nll`), the count of labels and of argmax hits.
     ///
     /// Fused kernels: [`ops::linear_cross_entropy`] (vocabulary chunks, the `(N, V)`
-    /// logits never exist; always f32). Reference: explicit logits, log-softmax, gather.
+    /// logits never exist; at the model's precision). Reference: explicit logits, log-softmax, gather.
     pub fn token_nll(&self, hidden: &Tensor, labels: &Tensor) -> Result<ops::LinearCrossEntropy> {
         match self.kernels {
             Kernels::Fused => Ok(ops::linear_cross_entropy(
@@ -454,6 +454,7 @@ impl Model {
                 &self.lm_head,
                 labels,
                 ops::DEFAULT_VOCAB_CHUNK,
+                self.precision,
             )?),
             Kernels::Reference => {
                 let logits = self.spec().linear(hidden, &(self.lm_head.clone(), None))?; // (N, V)

@@ -1,11 +1,10 @@
-//! Shared plumbing of the CPU kernels: dtype dispatch, contiguous slices, row-parallel
-//! loops and strided GEMM calls on raw storages.
+//! Shared plumbing of the CPU kernels: dtype dispatch, contiguous slices and
+//! row-parallel loops.
 //!
 //! Key decision: parallelism is `std::thread::scope` over contiguous row blocks (one
 //! block per candle worker thread), so each thread writes a disjoint slice and the
 //! kernels need no locking; small inputs stay on the calling thread.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Result, WithDType};
 
 /// Float element types the kernels are written for (f32 for speed, f64 for
@@ -82,90 +81,4 @@ where
             .map(|h| h.join().expect("kernel worker panicked"))
             .collect()
     })
-}
-
-/// `A (m, k) · B (k, n)` on raw storages; `b_layout` may be any strided view (a
-/// transposed weight slice costs no copy). Returns the contiguous `(m, n)` product.
-/// f32/f64 2-D operands with a unit stride go through [`super::gemm`] (the fastest
-/// backend); anything else through candle's matmul.
-pub(crate) fn matmul<T: WithDType>(
-    a: &CpuStorage,
-    a_layout: &Layout,
-    b: &CpuStorage,
-    b_layout: &Layout,
-    (m, n, k): (usize, usize, usize),
-) -> Result<Vec<T>> {
-    use super::gemm::{self, Threads};
-    if let (Some((ta, lda, ao)), Some((tb, ldb, bo))) =
-        (gemm_operand(a_layout, m, k), gemm_operand(b_layout, k, n))
-    {
-        match (a, b) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                let mut c = vec![0f32; m * n];
-                gemm::sgemm(
-                    ta,
-                    tb,
-                    m,
-                    n,
-                    k,
-                    1.0,
-                    &a[ao..],
-                    lda,
-                    &b[bo..],
-                    ldb,
-                    0.0,
-                    &mut c,
-                    n,
-                    Threads::All,
-                )?;
-                return T::cpu_storage_data(CpuStorage::F32(c));
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                let mut c = vec![0f64; m * n];
-                gemm::dgemm(
-                    ta,
-                    tb,
-                    m,
-                    n,
-                    k,
-                    1.0,
-                    &a[ao..],
-                    lda,
-                    &b[bo..],
-                    ldb,
-                    0.0,
-                    &mut c,
-                    n,
-                    Threads::All,
-                )?;
-                return T::cpu_storage_data(CpuStorage::F64(c));
-            }
-            _ => {}
-        }
-    }
-    T::cpu_storage_data(a.matmul(b, (1, m, n, k), a_layout, b_layout)?)
-}
-
-/// A `rows × cols` layout as a row-major GEMM operand `(transpose, leading dim,
-/// start offset)`, when it is 2-D with a unit stride in one dimension.
-fn gemm_operand(
-    layout: &Layout,
-    rows: usize,
-    cols: usize,
-) -> Option<(super::gemm::Trans, usize, usize)> {
-    use super::gemm::Trans;
-    let (dims, strides) = (layout.dims(), layout.stride());
-    if dims != [rows, cols] || rows == 0 || cols == 0 {
-        return None;
-    }
-    let (s0, s1) = (strides[0], strides[1]);
-    if s1 == 1 || cols == 1 {
-        let ld = if rows == 1 { cols } else { s0 };
-        (ld >= cols).then_some((Trans::No, ld, layout.start_offset()))
-    } else if s0 == 1 || rows == 1 {
-        let ld = if cols == 1 { rows } else { s1 };
-        (ld >= rows).then_some((Trans::Yes, ld, layout.start_offset()))
-    } else {
-        None
-    }
 }

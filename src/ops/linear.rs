@@ -124,7 +124,7 @@ impl Dims {
 /// One GEMM `C = op(A)·op(B) + beta·C` (alpha 1, all threads) with `A`/`B` elements `A`
 /// and accumulator `C`: f32, bf16 → f32 or f64. The three products of the layer are
 /// written once below and run at any of these precisions.
-type Gemm<A, C> = dyn Fn(
+pub(super) type Gemm<A, C> = dyn Fn(
     Trans,
     Trans,
     (usize, usize, usize),
@@ -134,7 +134,7 @@ type Gemm<A, C> = dyn Fn(
     (&mut [C], usize),
 ) -> Result<()>;
 
-fn sgemm_all(
+pub(super) fn sgemm_all(
     ta: Trans,
     tb: Trans,
     (m, n, k): (usize, usize, usize),
@@ -161,7 +161,7 @@ fn sgemm_all(
     )
 }
 
-fn bf16_gemm_all(
+pub(super) fn bf16_gemm_all(
     ta: Trans,
     tb: Trans,
     (m, n, k): (usize, usize, usize),
@@ -188,7 +188,7 @@ fn bf16_gemm_all(
     )
 }
 
-fn dgemm_all(
+pub(super) fn dgemm_all(
     ta: Trans,
     tb: Trans,
     (m, n, k): (usize, usize, usize),

@@ -13,7 +13,11 @@
 //! The op's output is `(N, 4)`: `[nll, lse, argmax_hit, label]` per token; only `nll`
 //! is differentiable and the rest is what the backward needs (so the op has no state).
 
-use super::cpu::{matmul, par_row_blocks, slice, unsupported, Real};
+use super::attention::Float;
+use super::cpu::{par_row_blocks, slice, unsupported, Real};
+use super::gemm::{self, bf16, Trans};
+use super::linear::{bf16_gemm_all, dgemm_all, sgemm_all, Gemm};
+use super::precision::Precision;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -36,12 +40,16 @@ pub struct LinearCrossEntropy {
 /// (any integer dtype; negative = ignored), without building the `(N, V)` logits.
 ///
 /// f32/f64 on the CPU run the fused kernel; other dtypes and devices use the
-/// reference composition. `chunk` is the vocabulary chunk width.
+/// reference composition. `chunk` is the vocabulary chunk width. Under
+/// [`Precision::Bf16Autocast`] the GEMMs of f32 operands take bf16-rounded inputs and
+/// accumulate in f32 (the softmax, log-sum-exp and gradients stay f32), as
+/// [`super::fused_linear`] does; f64 operands always run in f64.
 pub fn linear_cross_entropy(
     hidden: &Tensor,
     weight: &Tensor,
     labels: &Tensor,
     chunk: usize,
+    precision: Precision,
 ) -> Result<LinearCrossEntropy> {
     let (n, h) = hidden.dims2()?;
     let (v, hw) = weight.dims2()?;
@@ -79,6 +87,7 @@ pub fn linear_cross_entropy(
         LinearCe {
             chunk: chunk.max(1),
             backward: false,
+            precision,
         },
     )?; // (N, 4)
     let nll = out.narrow(1, 0, 1)?.squeeze(1)?;
@@ -101,7 +110,7 @@ pub fn linear_cross_entropy_sum(
     weight: &Tensor,
     labels: &Tensor,
 ) -> Result<(Tensor, f64, f64)> {
-    let r = linear_cross_entropy(hidden, weight, labels, DEFAULT_VOCAB_CHUNK)?;
+    let r = linear_cross_entropy(hidden, weight, labels, DEFAULT_VOCAB_CHUNK, Precision::F32)?;
     Ok((r.nll.sum_all()?, r.count, r.correct))
 }
 
@@ -122,71 +131,180 @@ fn per_token_reference_nll(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 struct LinearCe {
     chunk: usize,
     backward: bool,
+    precision: Precision,
 }
 
-/// Layout of rows `c0..c0+c` of the `(V, H)` weight, optionally transposed to `(H, c)`.
-fn weight_slice(l: &Layout, v: usize, h: usize, c0: usize, c: usize, t: bool) -> Result<Layout> {
-    let s = Layout::contiguous_with_offset((v, h), l.start_offset()).narrow(0, c0, c)?;
-    if t {
-        s.transpose(0, 1)
-    } else {
-        Ok(s)
+/// The GEMMs of one vocabulary chunk `W_c = W[c0 .. c0+c]` (`(c, H)`), at one precision.
+trait ChunkProducts<T> {
+    /// `logits (N, c) = h · W_cᵀ`, written to `out` (`N·c`, row-major).
+    fn logits(&self, c0: usize, c: usize, out: &mut [T]) -> Result<()>;
+    /// `dh (N, H) += dl · W_c` and `dw_c (c, H) = dlᵀ · h` for `dl` `(N, c)`.
+    fn grads(&self, dl: &[T], c0: usize, c: usize, dh: &mut [T], dw_c: &mut [T]) -> Result<()>;
+}
+
+/// The chunk GEMMs in the operands' own precision (f32 or f64).
+struct Exact<'a, T: 'static> {
+    h: &'a [T],
+    w: &'a [T],
+    n: usize,
+    hd: usize,
+    gemm: &'static Gemm<T, T>,
+}
+
+impl<T: Real> ChunkProducts<T> for Exact<'_, T> {
+    fn logits(&self, c0: usize, c: usize, out: &mut [T]) -> Result<()> {
+        let (n, hd) = (self.n, self.hd);
+        let w_c = &self.w[c0 * hd..];
+        (self.gemm)(
+            Trans::No,
+            Trans::Yes,
+            (n, c, hd),
+            (self.h, hd),
+            (w_c, hd),
+            T::zero(),
+            (out, c),
+        )
+    }
+
+    fn grads(&self, dl: &[T], c0: usize, c: usize, dh: &mut [T], dw_c: &mut [T]) -> Result<()> {
+        let (n, hd) = (self.n, self.hd);
+        let w_c = &self.w[c0 * hd..];
+        (self.gemm)(
+            Trans::No,
+            Trans::No,
+            (n, hd, c),
+            (dl, c),
+            (w_c, hd),
+            T::one(),
+            (dh, hd),
+        )?;
+        (self.gemm)(
+            Trans::Yes,
+            Trans::No,
+            (c, hd, n),
+            (dl, c),
+            (self.h, hd),
+            T::zero(),
+            (dw_c, hd),
+        )
     }
 }
 
-fn forward<T: Real>(
-    hs: &CpuStorage,
-    hl: &Layout,
-    ws: &CpuStorage,
-    wl: &Layout,
+/// The chunk GEMMs under bf16 autocast: `h` and `W` rounded to bf16 once per call,
+/// `dl` per chunk; f32 accumulation and outputs.
+struct Autocast {
+    h: Vec<bf16>,
+    w: Vec<bf16>,
+    n: usize,
+    hd: usize,
+}
+
+impl ChunkProducts<f32> for Autocast {
+    fn logits(&self, c0: usize, c: usize, out: &mut [f32]) -> Result<()> {
+        let (n, hd) = (self.n, self.hd);
+        let w_c = &self.w[c0 * hd..];
+        bf16_gemm_all(
+            Trans::No,
+            Trans::Yes,
+            (n, c, hd),
+            (&self.h, hd),
+            (w_c, hd),
+            0.0,
+            (out, c),
+        )
+    }
+
+    fn grads(
+        &self,
+        dl: &[f32],
+        c0: usize,
+        c: usize,
+        dh: &mut [f32],
+        dw_c: &mut [f32],
+    ) -> Result<()> {
+        let (n, hd) = (self.n, self.hd);
+        let w_c = &self.w[c0 * hd..];
+        let dl = gemm::to_bf16(dl);
+        bf16_gemm_all(
+            Trans::No,
+            Trans::No,
+            (n, hd, c),
+            (&dl, c),
+            (w_c, hd),
+            1.0,
+            (dh, hd),
+        )?;
+        bf16_gemm_all(
+            Trans::Yes,
+            Trans::No,
+            (c, hd, n),
+            (&dl, c),
+            (&self.h, hd),
+            0.0,
+            (dw_c, hd),
+        )
+    }
+}
+
+/// Per-row state of the forward's walk over the vocabulary.
+#[derive(Clone, Copy)]
+struct RowState {
+    /// Largest logit so far (the log-sum-exp's shift).
+    max: f64,
+    /// `Σ exp(logit − max)` so far.
+    sum: f64,
+    /// The label's logit, once its chunk has been seen.
+    picked: f64,
+    /// Index of the first largest logit.
+    argmax: usize,
+}
+
+fn forward<T: Float>(
+    products: &dyn ChunkProducts<T>,
+    (n, v): (usize, usize),
     labels: &[i64],
     chunk: usize,
 ) -> Result<Vec<T>> {
-    let (n, h) = hl.shape().dims2()?;
-    let v = wl.shape().dims2()?.0;
-    // running per-row state: [max, sum exp(x - max), picked logit, best logit, best index]
-    let mut state = vec![[f64::NEG_INFINITY, 0.0, 0.0, f64::NEG_INFINITY, 0.0]; n];
+    let start = RowState {
+        max: f64::NEG_INFINITY,
+        sum: 0.0,
+        picked: 0.0,
+        argmax: 0,
+    };
+    let mut state = vec![start; n];
+    let mut buf = vec![T::zero(); n * chunk.min(v)]; // one (N, c) logits chunk, reused
     for c0 in (0..v).step_by(chunk) {
         let c = chunk.min(v - c0);
-        let logits: Vec<T> = matmul(hs, hl, ws, &weight_slice(wl, v, h, c0, c, true)?, (n, c, h))?; // (N, c)
+        let logits = &mut buf[..n * c];
+        products.logits(c0, c, logits)?; // (N, c)
+        let logits = &*logits;
         par_row_blocks(&mut state, 1, |row0, block| {
             for (i, st) in block.iter_mut().enumerate() {
                 let r = row0 + i;
                 let row = &logits[r * c..(r + 1) * c];
-                let mut m = T::from_f64(st[0]);
-                let (mut best, mut bi) = (st[3], st[4]);
-                for (j, &x) in row.iter().enumerate() {
-                    if x > m {
-                        m = x;
-                    }
-                    if x.to_f64() > best {
-                        best = x.to_f64();
-                        bi = (c0 + j) as f64;
-                    }
+                let chunk_max = T::max_of(row);
+                if chunk_max.to_f64() > st.max {
+                    let j = row.iter().position(|&x| x == chunk_max).unwrap_or(0);
+                    st.argmax = c0 + j;
+                    // rescale the running sum to the new shift
+                    st.sum *= (st.max - chunk_max.to_f64()).exp();
+                    st.max = chunk_max.to_f64();
                 }
-                let mut sum = T::zero();
-                for &x in row {
-                    sum += (x - m).exp();
-                }
-                let mf = m.to_f64();
-                st[1] = st[1] * (st[0] - mf).exp() + sum.to_f64();
-                st[0] = mf;
-                st[3] = best;
-                st[4] = bi;
+                st.sum += T::sum_exp_shifted(row, T::from_f64(st.max)).to_f64();
                 let l = labels[r];
                 if l >= c0 as i64 && l < (c0 + c) as i64 {
-                    st[2] = row[l as usize - c0].to_f64();
+                    st.picked = row[l as usize - c0].to_f64();
                 }
             }
         });
     }
     let mut out = Vec::with_capacity(4 * n);
     for (st, &l) in state.iter().zip(labels) {
-        let lse = st[0] + st[1].ln();
+        let lse = st.max + st.sum.ln();
         let keep = l >= 0;
-        out.push(T::from_f64(if keep { lse - st[2] } else { 0.0 }));
+        out.push(T::from_f64(if keep { lse - st.picked } else { 0.0 }));
         out.push(T::from_f64(lse));
-        out.push(T::from_f64(if keep && st[4] as i64 == l {
+        out.push(T::from_f64(if keep && st.argmax as i64 == l {
             1.0
         } else {
             0.0
@@ -196,52 +314,99 @@ fn forward<T: Real>(
     Ok(out)
 }
 
-fn backward<T: Real>(
-    hs: &CpuStorage,
-    hl: &Layout,
-    ws: &CpuStorage,
-    wl: &Layout,
+fn backward<T: Float>(
+    products: &dyn ChunkProducts<T>,
+    (n, v, hd): (usize, usize, usize),
     aux: &[T],
     chunk: usize,
 ) -> Result<Vec<T>> {
-    let (n, h) = hl.shape().dims2()?;
-    let v = wl.shape().dims2()?.0;
-    let mut out = vec![T::zero(); n * h + v * h];
+    let mut out = vec![T::zero(); n * hd + v * hd];
+    let (dh, dw) = out.split_at_mut(n * hd); // (N, H), (V, H)
+    let mut buf = vec![T::zero(); n * chunk.min(v)]; // one (N, c) chunk, reused
     for c0 in (0..v).step_by(chunk) {
         let c = chunk.min(v - c0);
-        let mut dl: Vec<T> = matmul(hs, hl, ws, &weight_slice(wl, v, h, c0, c, true)?, (n, c, h))?; // (N, c) logits
-        par_row_blocks(&mut dl, c, |row0, block| {
+        let dl = &mut buf[..n * c];
+        products.logits(c0, c, dl)?; // (N, c) logits
+        par_row_blocks(dl, c, |row0, block| {
             for (i, row) in block.chunks_mut(c).enumerate() {
                 let r = row0 + i;
                 let (g, lse, label) = (aux[3 * r], aux[3 * r + 1], aux[3 * r + 2].to_f64() as i64);
                 if label < 0 {
-                    row.iter_mut().for_each(|x| *x = T::zero());
+                    row.fill(T::zero());
                     continue;
                 }
-                for x in row.iter_mut() {
-                    *x = g * (*x - lse).exp(); // g · softmax
-                }
+                T::exp_shifted(row, lse); // softmax
+                row.iter_mut().for_each(|x| *x *= g); // g · softmax
                 if label >= c0 as i64 && label < (c0 + c) as i64 {
                     row[label as usize - c0] -= g;
                 }
             }
         });
-        let dl_s = T::to_cpu_storage_owned(dl);
-        let dl_l = Layout::contiguous((n, c));
-        let dh: Vec<T> = matmul(
-            &dl_s,
-            &dl_l,
-            ws,
-            &weight_slice(wl, v, h, c0, c, false)?,
-            (n, h, c),
-        )?; // (N, H)
-        for (a, b) in out[..n * h].iter_mut().zip(dh) {
-            *a += b;
-        }
-        let dw: Vec<T> = matmul(&dl_s, &dl_l.transpose(0, 1)?, hs, hl, (c, h, n))?; // (c, H)
-        out[n * h + c0 * h..n * h + (c0 + c) * h].copy_from_slice(&dw);
+        products.grads(dl, c0, c, dh, &mut dw[c0 * hd..(c0 + c) * hd])?;
     }
     Ok(out)
+}
+
+/// Runs the forward or backward over the chunk products that fit the dtype and
+/// precision: f32 exact or under bf16 autocast, f64 always exact.
+fn run(
+    op: &LinearCe,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<CpuStorage> {
+    let name = op.name();
+    let (n, hd) = l1.shape().dims2()?;
+    let v = l2.shape().dims2()?.0;
+    match s1.dtype() {
+        DType::F32 => {
+            let (h, w) = (slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?);
+            let exact;
+            let autocast;
+            let products: &dyn ChunkProducts<f32> = match op.precision {
+                Precision::F32 => {
+                    exact = Exact {
+                        h,
+                        w,
+                        n,
+                        hd,
+                        gemm: &sgemm_all,
+                    };
+                    &exact
+                }
+                Precision::Bf16Autocast => {
+                    autocast = Autocast {
+                        h: gemm::to_bf16(h),
+                        w: gemm::to_bf16(w),
+                        n,
+                        hd,
+                    };
+                    &autocast
+                }
+            };
+            Ok(CpuStorage::F32(if op.backward {
+                backward(products, (n, v, hd), slice(s3, l3, name)?, op.chunk)?
+            } else {
+                forward(products, (n, v), slice(s3, l3, name)?, op.chunk)?
+            }))
+        }
+        DType::F64 => {
+            let (h, w) = (slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?);
+            let products = Exact {
+                h,
+                w,
+                n,
+                hd,
+                gemm: &dgemm_all,
+            };
+            Ok(CpuStorage::F64(if op.backward {
+                backward(&products, (n, v, hd), slice(s3, l3, name)?, op.chunk)?
+            } else {
+                forward(&products, (n, v), slice(s3, l3, name)?, op.chunk)?
+            }))
+        }
+        d => Err(unsupported(d, name)),
+    }
 }
 
 impl CustomOp3 for LinearCe {
@@ -262,41 +427,18 @@ impl CustomOp3 for LinearCe {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
         let (n, h) = l1.shape().dims2()?;
         let v = l2.shape().dims2()?.0;
         if l1.contiguous_offsets().is_none() || l2.contiguous_offsets().is_none() {
-            candle_core::bail!("{name}: hidden and weight must be contiguous");
+            candle_core::bail!("{}: hidden and weight must be contiguous", self.name());
         }
-        if self.backward {
-            let out = match s1.dtype() {
-                DType::F32 => CpuStorage::F32(backward::<f32>(
-                    s1,
-                    l1,
-                    s2,
-                    l2,
-                    slice(s3, l3, name)?,
-                    self.chunk,
-                )?),
-                DType::F64 => CpuStorage::F64(backward::<f64>(
-                    s1,
-                    l1,
-                    s2,
-                    l2,
-                    slice(s3, l3, name)?,
-                    self.chunk,
-                )?),
-                d => return Err(unsupported(d, name)),
-            };
-            return Ok((out, Shape::from(n * h + v * h)));
-        }
-        let labels: &[i64] = slice(s3, l3, name)?;
-        let out = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(forward::<f32>(s1, l1, s2, l2, labels, self.chunk)?),
-            DType::F64 => CpuStorage::F64(forward::<f64>(s1, l1, s2, l2, labels, self.chunk)?),
-            d => return Err(unsupported(d, name)),
+        let out = run(self, (s1, l1), (s2, l2), (s3, l3))?;
+        let shape = if self.backward {
+            Shape::from(n * h + v * h)
+        } else {
+            Shape::from((n, 4))
         };
-        Ok((out, Shape::from((n, 4))))
+        Ok((out, shape))
     }
 
     fn bwd(
@@ -322,6 +464,7 @@ impl CustomOp3 for LinearCe {
             &LinearCe {
                 chunk: self.chunk,
                 backward: true,
+                precision: self.precision,
             },
         )?; // (N·H + V·H,)
         let (nh, vh) = (hidden.elem_count(), weight.elem_count());

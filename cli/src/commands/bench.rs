@@ -5,7 +5,7 @@
 //! keys (`tokens_per_s`, `step_s_median`, `peak_rss_mb`, `losses`,
 //! `new_tokens_per_s`), so the two sides compare as a ratio on one machine.
 //! Key decision: the training step computes its loss through the fused chunked
-//! `lm_head` + cross-entropy ([`smelt::ops::linear_cross_entropy_sum`]) by default;
+//! `lm_head` + cross-entropy ([`smelt::model::Model::token_nll`], at `--dtype`) by default;
 //! `--reference-ops` runs the slow composed path (full logits) for before/after runs.
 //!
 //! ```text
@@ -140,7 +140,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Mean next-token loss over all `B·(T−1)` positions (transformers' `labels=input_ids`).
-fn loss(model: &Model, ids: &Tensor, reference_ops: bool) -> anyhow::Result<Tensor> {
+fn loss(model: &Model, ids: &Tensor) -> anyhow::Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let h = model.config().hidden_size;
     let labels = ids
@@ -149,13 +149,10 @@ fn loss(model: &Model, ids: &Tensor, reference_ops: bool) -> anyhow::Result<Tens
         .to_dtype(DType::I64)?; // (B·(T−1),)
     let hidden = model.forward_hidden(ids, None)?; // (B, T, H)
     let hidden = hidden.narrow(1, 0, t - 1)?.reshape((b * (t - 1), h))?; // (B·(T−1), H)
-    let (sum, count, _) = if reference_ops {
-        let logits = smelt::ops::linear(&hidden, model.lm_head_weight(), None)?; // (B·(T−1), V)
-        smelt::ops::cross_entropy_sum(&logits, &labels)?
-    } else {
-        smelt::ops::linear_cross_entropy_sum(&hidden, model.lm_head_weight(), &labels)?
-    };
-    Ok((sum / count)?)
+                                                                         // the model's own loss path: fused chunked lm_head + CE, or the explicit logits of
+                                                                         // the reference kernels, at the model's precision
+    let nll = model.token_nll(&hidden, &labels)?;
+    Ok((nll.nll.sum_all()? / nll.count)?)
 }
 
 fn train_step(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value> {
@@ -172,7 +169,7 @@ fn train_step(model: &Model, a: &BenchArgs) -> anyhow::Result<serde_json::Value>
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     for _ in 0..a.steps {
         let t0 = Instant::now();
-        let l = loss(model, &ids, a.reference_ops)?;
+        let l = loss(model, &ids)?;
         let grads = l.backward()?;
         let g: Vec<Tensor> = model
             .vars()

@@ -23,6 +23,8 @@ mod backward;
 mod forward;
 mod tile;
 
+pub(crate) use tile::Float;
+
 use crate::ops::cpu::{slice, unsupported};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};

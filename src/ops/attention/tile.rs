@@ -173,6 +173,9 @@ pub(crate) trait Float: Real {
     /// `row[j] = exp(row[j] − shift)` for every `j`; returns `Σ row[j]` afterwards.
     fn exp_shifted(row: &mut [Self], shift: Self) -> Self;
 
+    /// `Σ exp(row[j] − shift)`, leaving `row` as it is.
+    fn sum_exp_shifted(row: &[Self], shift: Self) -> Self;
+
     /// `max(row)` (`row` non-empty).
     fn max_of(row: &[Self]) -> Self {
         row.iter()
@@ -190,6 +193,10 @@ impl Float for f64 {
         }
         sum
     }
+
+    fn sum_exp_shifted(row: &[f64], shift: f64) -> f64 {
+        row.iter().map(|s| (s - shift).exp()).sum()
+    }
 }
 
 impl Float for f32 {
@@ -200,6 +207,15 @@ impl Float for f32 {
             return unsafe { exp_shifted_avx2(row, shift) };
         }
         exp_shifted_f32(row, shift)
+    }
+
+    fn sum_exp_shifted(row: &[f32], shift: f32) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { sum_exp_shifted_avx2(row, shift) };
+        }
+        sum_exp_shifted_f32(row, shift)
     }
 
     fn max_of(row: &[f32]) -> f32 {
@@ -221,6 +237,27 @@ impl Float for f32 {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_shifted_avx2(row: &mut [f32], shift: f32) -> f32 {
     exp_shifted_f32(row, shift)
+}
+
+/// [`sum_exp_shifted_f32`] compiled for AVX2 + FMA (8 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_exp_shifted_avx2(row: &[f32], shift: f32) -> f32 {
+    sum_exp_shifted_f32(row, shift)
+}
+
+/// Body of [`Float::sum_exp_shifted`] for f32: [`exp_shifted_f32`] without the stores.
+#[inline(always)]
+fn sum_exp_shifted_f32(row: &[f32], shift: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += exp_f32(c[i] - shift);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&s| exp_f32(s - shift)).sum();
+    tail + acc.iter().sum::<f32>()
 }
 
 /// Branch-free body of [`Float::exp_shifted`] for f32, written so it vectorises: eight
