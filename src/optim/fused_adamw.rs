@@ -75,15 +75,16 @@ pub(super) fn update_in_place(
     Ok(())
 }
 
+/// A one-shot closure over a mutable f32 slice.
+type SliceFn<'f> = Box<dyn FnOnce(&mut [f32]) -> candle_core::Result<()> + 'f>;
+
 /// Runs `f` on the contiguous f32 elements of `t`, mutably, under candle's storage
 /// write lock (a one-shot in-place op).
 fn with_f32_mut<'f>(
     t: &Tensor,
     f: impl FnOnce(&mut [f32]) -> candle_core::Result<()> + 'f,
 ) -> candle_core::Result<()> {
-    struct WithMut<'f>(
-        RefCell<Option<Box<dyn FnOnce(&mut [f32]) -> candle_core::Result<()> + 'f>>>,
-    );
+    struct WithMut<'f>(RefCell<Option<SliceFn<'f>>>);
     impl InplaceOp1 for WithMut<'_> {
         fn name(&self) -> &'static str {
             "adamw-in-place"
