@@ -5,19 +5,22 @@
 //! (the GEMM reads `W` and `dy` transposed through its `Trans` flags):
 //! `dx (N, in) = dy · W`, `dW (out, in) = dyᵀ · x`, `db (out,) = 1ᵀ · dy` (column sums
 //! as a GEMV). The backward is one no-backward `CustomOp` whose output packs
-//! `[dx | dW | db]` into one buffer; the op keeps no state.
+//! `[dx | dW | db]` into one buffer; the only state is the bf16 inputs kept below.
 //!
 //! Precision ([`Precision`]): under `Bf16Autocast` the GEMM *inputs* (x, W and dy) are
-//! rounded to bf16 on every call (nothing is cached: the weights change every step),
+//! rounded to bf16 on every call (the forward's rounded x and W are kept in the op for
+//! its backward when the call is part of an autograd graph; nothing outlives the
+//! graph, since the weights change every step),
 //! and the products accumulate and come out in f32, as `torch.autocast` does on CPU;
 //! gradients stay f32. f64 inputs always run in f64 (that is the finite-difference
 //! check path). Half dtypes and non-CPU devices use [`super::reference::linear`].
 
 use super::cpu::{slice, unsupported};
-use super::gemm::{self, Threads, Trans};
+use super::gemm::{self, bf16, Threads, Trans};
 use super::precision::Precision;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
 
 /// `x` (..., in) · `w` (out, in)ᵀ (+ `b` (out,)) → (..., out), at `precision`.
 ///
@@ -63,7 +66,11 @@ pub fn fused_linear(
             _ => super::reference::linear(&x2, w, b)?,
         }
     } else {
-        let op = Linear { precision };
+        let op = Linear {
+            precision,
+            keep_rounded: precision == Precision::Bf16Autocast && (x.track_op() || w.track_op()),
+            rounded: Mutex::new(None),
+        };
         match b {
             None => x2.contiguous()?.apply_op2(&w.contiguous()?, op)?,
             Some(b) => x2
@@ -90,16 +97,32 @@ pub fn composed_autocast_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> R
 }
 
 /// The forward op: `(x, w) → y` or `(x, w, b) → y`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Linear {
     precision: Precision,
+    /// Keep the bf16-rounded `x` and `W` of the forward for the backward (set when the
+    /// call is part of an autograd graph, under bf16 autocast).
+    keep_rounded: bool,
+    /// What the forward rounded, taken by the backward (so each is rounded once).
+    rounded: Mutex<Option<Rounded>>,
+}
+
+/// The bf16-rounded GEMM inputs of one forward call.
+#[derive(Debug)]
+struct Rounded {
+    /// `x` `(N, in)`.
+    x: Vec<bf16>,
+    /// `W` `(out, in)`.
+    w: Vec<bf16>,
 }
 
 /// The backward op: `(x, w, dy) → [dx | dW | db]` (`db` only when `bias`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct LinearBwd {
     precision: Precision,
     bias: bool,
+    /// The forward's rounded inputs, when it kept them.
+    rounded: Mutex<Option<Rounded>>,
 }
 
 /// Sizes of one call: rows, input and output features.
@@ -303,21 +326,30 @@ fn preloaded_output<T: Copy + From<f32>>(b: Option<&[T]>, d: Dims) -> (Vec<T>, T
     }
 }
 
-/// The f32 forward: `y = x·Wᵀ + b`.
-fn forward_f32(x: &[f32], w: &[f32], b: Option<&[f32]>, d: Dims, p: Precision) -> Result<Vec<f32>> {
+/// The f32 forward: `y = x·Wᵀ + b`; under bf16 autocast also returns the rounded
+/// inputs.
+fn forward_f32(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    d: Dims,
+    p: Precision,
+) -> Result<(Vec<f32>, Option<Rounded>)> {
     let (mut y, beta) = preloaded_output(b, d);
     match p {
-        Precision::F32 => product_forward(&sgemm_all, x, w, beta, &mut y, d)?,
-        Precision::Bf16Autocast => product_forward(
-            &bf16_gemm_all,
-            &gemm::to_bf16(x),
-            &gemm::to_bf16(w),
-            beta,
-            &mut y,
-            d,
-        )?,
+        Precision::F32 => {
+            product_forward(&sgemm_all, x, w, beta, &mut y, d)?;
+            Ok((y, None))
+        }
+        Precision::Bf16Autocast => {
+            let r = Rounded {
+                x: gemm::to_bf16(x),
+                w: gemm::to_bf16(w),
+            };
+            product_forward(&bf16_gemm_all, &r.x, &r.w, beta, &mut y, d)?;
+            Ok((y, Some(r)))
+        }
     }
-    Ok(y)
 }
 
 /// The f64 forward (always full precision).
@@ -334,7 +366,8 @@ fn split_grads<T>(g: &mut [T], d: Dims) -> (&mut [T], &mut [T], &mut [T]) {
     (dx, dw, db)
 }
 
-/// The f32 backward into a packed `[dx | dW | db]` buffer.
+/// The f32 backward into a packed `[dx | dW | db]` buffer; `rounded` are the
+/// forward's bf16 inputs when it kept them (else they are rounded here).
 fn backward_f32(
     x: &[f32],
     w: &[f32],
@@ -342,6 +375,7 @@ fn backward_f32(
     d: Dims,
     p: Precision,
     bias: bool,
+    rounded: Option<Rounded>,
 ) -> Result<Vec<f32>> {
     let nb = if bias { d.out } else { 0 };
     let mut g = vec![0f32; d.n * d.inp + d.out * d.inp + nb];
@@ -353,11 +387,12 @@ fn backward_f32(
         }
         Precision::Bf16Autocast => {
             let dy_h = gemm::to_bf16(dy);
-            let w_h = gemm::to_bf16(w);
-            product_grad_input(&bf16_gemm_all, &dy_h, &w_h, 0.0, dx, d)?;
-            drop(w_h);
-            let x_h = gemm::to_bf16(x);
-            product_grad_weight(&bf16_gemm_all, &dy_h, &x_h, 0.0, dw, d)?;
+            let r = rounded.unwrap_or_else(|| Rounded {
+                x: gemm::to_bf16(x),
+                w: gemm::to_bf16(w),
+            });
+            product_grad_input(&bf16_gemm_all, &dy_h, &r.w, 0.0, dx, d)?;
+            product_grad_weight(&bf16_gemm_all, &dy_h, &r.x, 0.0, dw, d)?;
         }
     }
     if bias {
@@ -393,13 +428,17 @@ impl Linear {
         let out = match xs.dtype() {
             DType::F32 => {
                 let b = b.map(|(s, l)| slice::<f32>(s, l, name)).transpose()?;
-                CpuStorage::F32(forward_f32(
+                let (y, rounded) = forward_f32(
                     slice(xs, xl, name)?,
                     slice(ws, wl, name)?,
                     b,
                     d,
                     self.precision,
-                )?)
+                )?;
+                if self.keep_rounded {
+                    *self.rounded.lock().unwrap_or_else(|e| e.into_inner()) = rounded;
+                }
+                CpuStorage::F32(y)
             }
             DType::F64 => {
                 let b = b.map(|(s, l)| slice::<f64>(s, l, name)).transpose()?;
@@ -422,6 +461,12 @@ impl Linear {
         let bwd = LinearBwd {
             precision: self.precision,
             bias,
+            rounded: Mutex::new(
+                self.rounded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            ),
         };
         let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &bwd)?; // (N·in + out·in [+ out],)
         let mut grads = vec![
@@ -524,6 +569,10 @@ impl CustomOp3 for LinearBwd {
                 d,
                 self.precision,
                 self.bias,
+                self.rounded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
             )?),
             DType::F64 => CpuStorage::F64(backward_f64(
                 slice(s1, l1, name)?,
