@@ -4,8 +4,8 @@
 //! `y` and accumulated by the GEMM (`beta = 1`). Backward, with no transposed copies
 //! (the GEMM reads `W` and `dy` transposed through its `Trans` flags):
 //! `dx (N, in) = dy · W`, `dW (out, in) = dyᵀ · x`, `db (out,) = 1ᵀ · dy` (column sums
-//! as a GEMV). The backward is one no-backward `CustomOp` whose output packs
-//! `[dx | dW | db]` into one buffer; the only state is the bf16 inputs kept below.
+//! as a GEMV). The backward runs directly on the CPU storages and returns each
+//! gradient in its own buffer; the only state is the bf16 inputs kept below.
 //!
 //! Precision ([`Precision`]): under `Bf16Autocast` the GEMM *inputs* (x, W and dy) are
 //! rounded to bf16 on every call (the forward's rounded x and W are kept in the op for
@@ -19,7 +19,9 @@ use super::cpu::{slice, unsupported};
 use super::gemm::{self, bf16, Threads, Trans};
 use super::precision::Precision;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use std::sync::Mutex;
 
 /// `x` (..., in) · `w` (out, in)ᵀ (+ `b` (out,)) → (..., out), at `precision`.
@@ -116,13 +118,23 @@ struct Rounded {
     w: Vec<bf16>,
 }
 
-/// The backward op: `(x, w, dy) → [dx | dW | db]` (`db` only when `bias`).
-#[derive(Debug)]
-struct LinearBwd {
-    precision: Precision,
-    bias: bool,
-    /// The forward's rounded inputs, when it kept them.
-    rounded: Mutex<Option<Rounded>>,
+/// The gradients of one call, each in its own buffer (so no gradient keeps another
+/// alive): `dx` `(N, in)`, `dW` `(out, in)`, `db` `(out,)` when there is a bias.
+struct Grads<T> {
+    dx: Vec<T>,
+    dw: Vec<T>,
+    db: Option<Vec<T>>,
+}
+
+impl<T: Copy + From<f32>> Grads<T> {
+    fn zeros(d: Dims, bias: bool) -> Self {
+        let zero = T::from(0.0);
+        Grads {
+            dx: vec![zero; d.n * d.inp],
+            dw: vec![zero; d.out * d.inp],
+            db: bias.then(|| vec![zero; d.out]),
+        }
+    }
 }
 
 /// Sizes of one call: rows, input and output features.
@@ -359,15 +371,8 @@ fn forward_f64(x: &[f64], w: &[f64], b: Option<&[f64]>, d: Dims) -> Result<Vec<f
     Ok(y)
 }
 
-/// Splits the packed gradient buffer into `(dx, dW, db)`.
-fn split_grads<T>(g: &mut [T], d: Dims) -> (&mut [T], &mut [T], &mut [T]) {
-    let (dx, rest) = g.split_at_mut(d.n * d.inp);
-    let (dw, db) = rest.split_at_mut(d.out * d.inp);
-    (dx, dw, db)
-}
-
-/// The f32 backward into a packed `[dx | dW | db]` buffer; `rounded` are the
-/// forward's bf16 inputs when it kept them (else they are rounded here).
+/// The f32 backward; `rounded` are the forward's bf16 inputs when it kept them (else
+/// they are rounded here).
 fn backward_f32(
     x: &[f32],
     w: &[f32],
@@ -376,14 +381,12 @@ fn backward_f32(
     p: Precision,
     bias: bool,
     rounded: Option<Rounded>,
-) -> Result<Vec<f32>> {
-    let nb = if bias { d.out } else { 0 };
-    let mut g = vec![0f32; d.n * d.inp + d.out * d.inp + nb];
-    let (dx, dw, db) = split_grads(&mut g, d);
+) -> Result<Grads<f32>> {
+    let mut g = Grads::zeros(d, bias);
     match p {
         Precision::F32 => {
-            product_grad_input(&sgemm_all, dy, w, 0.0, dx, d)?;
-            product_grad_weight(&sgemm_all, dy, x, 0.0, dw, d)?;
+            product_grad_input(&sgemm_all, dy, w, 0.0, &mut g.dx, d)?;
+            product_grad_weight(&sgemm_all, dy, x, 0.0, &mut g.dw, d)?;
         }
         Precision::Bf16Autocast => {
             let dy_h = gemm::to_bf16(dy);
@@ -391,28 +394,42 @@ fn backward_f32(
                 x: gemm::to_bf16(x),
                 w: gemm::to_bf16(w),
             });
-            product_grad_input(&bf16_gemm_all, &dy_h, &r.w, 0.0, dx, d)?;
-            product_grad_weight(&bf16_gemm_all, &dy_h, &r.x, 0.0, dw, d)?;
+            product_grad_input(&bf16_gemm_all, &dy_h, &r.w, 0.0, &mut g.dx, d)?;
+            product_grad_weight(&bf16_gemm_all, &dy_h, &r.x, 0.0, &mut g.dw, d)?;
         }
     }
-    if bias {
+    if let Some(db) = &mut g.db {
         // in f32 whatever the GEMM precision
         product_grad_bias(&sgemm_all, &vec![1f32; d.n], dy, 0.0, db, d)?;
     }
     Ok(g)
 }
 
-/// The f64 backward into a packed `[dx | dW | db]` buffer.
-fn backward_f64(x: &[f64], w: &[f64], dy: &[f64], d: Dims, bias: bool) -> Result<Vec<f64>> {
-    let nb = if bias { d.out } else { 0 };
-    let mut g = vec![0f64; d.n * d.inp + d.out * d.inp + nb];
-    let (dx, dw, db) = split_grads(&mut g, d);
-    product_grad_input(&dgemm_all, dy, w, 0.0, dx, d)?;
-    product_grad_weight(&dgemm_all, dy, x, 0.0, dw, d)?;
-    if bias {
+/// The f64 backward.
+fn backward_f64(x: &[f64], w: &[f64], dy: &[f64], d: Dims, bias: bool) -> Result<Grads<f64>> {
+    let mut g = Grads::zeros(d, bias);
+    product_grad_input(&dgemm_all, dy, w, 0.0, &mut g.dx, d)?;
+    product_grad_weight(&dgemm_all, dy, x, 0.0, &mut g.dw, d)?;
+    if let Some(db) = &mut g.db {
         product_grad_bias(&dgemm_all, &vec![1f64; d.n], dy, 0.0, db, d)?;
     }
     Ok(g)
+}
+
+/// The gradients as tensors on `dev`.
+fn grad_tensors<T: candle_core::WithDType>(
+    g: Grads<T>,
+    d: Dims,
+    dev: &candle_core::Device,
+) -> Result<Vec<Tensor>> {
+    let mut out = vec![
+        Tensor::from_vec(g.dx, (d.n, d.inp), dev)?,
+        Tensor::from_vec(g.dw, (d.out, d.inp), dev)?,
+    ];
+    if let Some(db) = g.db {
+        out.push(Tensor::from_vec(db, d.out, dev)?);
+    }
+    Ok(out)
 }
 
 impl Linear {
@@ -454,29 +471,48 @@ impl Linear {
         Ok((out, Shape::from((d.n, d.out))))
     }
 
-    /// Gradients of `(x, w[, b])` from the packed backward op.
+    /// Gradients of `(x, w[, b])`, computed directly on the CPU storages (the
+    /// backward needs no graph of its own).
     fn grads(&self, x: &Tensor, w: &Tensor, dy: &Tensor, bias: bool) -> Result<Vec<Tensor>> {
-        let (n, inp) = x.dims2()?;
-        let (out, _) = w.dims2()?;
-        let bwd = LinearBwd {
-            precision: self.precision,
-            bias,
-            rounded: Mutex::new(
-                self.rounded
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(),
-            ),
+        let name = "smelt-linear-bwd";
+        let dy = dy.contiguous()?;
+        let rounded = self
+            .rounded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = dy.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs)) = (&*xs, &*ws, &*gs) else {
+            candle_core::bail!("{name}: x, w and dy must be on the CPU");
         };
-        let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &bwd)?; // (N·in + out·in [+ out],)
-        let mut grads = vec![
-            packed.narrow(0, 0, n * inp)?.reshape((n, inp))?,
-            packed.narrow(0, n * inp, out * inp)?.reshape((out, inp))?,
-        ];
-        if bias {
-            grads.push(packed.narrow(0, n * inp + out * inp, out)?);
+        let d = Dims::of(xl, wl, name)?;
+        if gl.shape().dims() != [d.n, d.out] {
+            candle_core::bail!(
+                "{name}: dy {:?} is not ({}, {})",
+                gl.shape().dims(),
+                d.n,
+                d.out
+            );
         }
-        Ok(grads)
+        let (x, w, g) = ((xs, xl), (ws, wl), (gs, gl));
+        match xs.dtype() {
+            DType::F32 => {
+                let [x, w, g] = [x, w, g].map(|(s, l)| slice::<f32>(s, l, name));
+                let grads = backward_f32(x?, w?, g?, d, self.precision, bias, rounded)?;
+                grad_tensors(grads, d, &candle_core::Device::Cpu)
+            }
+            DType::F64 => {
+                let [x, w, g] = [x, w, g].map(|(s, l)| slice::<f64>(s, l, name));
+                grad_tensors(
+                    backward_f64(x?, w?, g?, d, bias)?,
+                    d,
+                    &candle_core::Device::Cpu,
+                )
+            }
+            dt => Err(unsupported(dt, name)),
+        }
     }
 }
 
@@ -534,56 +570,5 @@ impl CustomOp3 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let mut g = self.grads(x, w, dy, true)?.into_iter();
         Ok((g.next(), g.next(), g.next()))
-    }
-}
-
-impl CustomOp3 for LinearBwd {
-    fn name(&self) -> &'static str {
-        "smelt-linear-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let d = Dims::of(l1, l2, name)?;
-        if l3.shape().dims() != [d.n, d.out] {
-            candle_core::bail!(
-                "{name}: dy {:?} is not ({}, {})",
-                l3.shape().dims(),
-                d.n,
-                d.out
-            );
-        }
-        let out = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(backward_f32(
-                slice(s1, l1, name)?,
-                slice(s2, l2, name)?,
-                slice(s3, l3, name)?,
-                d,
-                self.precision,
-                self.bias,
-                self.rounded
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(),
-            )?),
-            DType::F64 => CpuStorage::F64(backward_f64(
-                slice(s1, l1, name)?,
-                slice(s2, l2, name)?,
-                slice(s3, l3, name)?,
-                d,
-                self.bias,
-            )?),
-            dt => return Err(unsupported(dt, name)),
-        };
-        let len = d.n * d.inp + d.out * d.inp + if self.bias { d.out } else { 0 };
-        Ok((out, Shape::from(len)))
     }
 }

@@ -42,6 +42,17 @@ impl<'a, T> View<'a, T> {
         }
     }
 
+    /// As a row-major BLAS operand `(transpose, leading dimension)`, when one of the
+    /// strides is 1.
+    fn as_operand(&self) -> Option<(crate::ops::gemm::Trans, usize)> {
+        use crate::ops::gemm::Trans;
+        match (self.rs, self.cs) {
+            (ld, 1) if ld >= 1 => Some((Trans::No, ld)),
+            (1, ld) => Some((Trans::Yes, ld)),
+            _ => None,
+        }
+    }
+
     fn check(&self, rows: usize, cols: usize, what: &str) {
         if rows > 0 && cols > 0 {
             let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
@@ -56,7 +67,7 @@ impl<'a, T> View<'a, T> {
 /// `C (m, n) = alpha · C + beta · A (m, k) · B (k, n)` on the calling thread; `C` is
 /// row-major with row stride `ldc`; `alpha = 0` overwrites `C`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm<T: Real>(
+pub(crate) fn gemm<T: Float>(
     (m, n, k): (usize, usize, usize),
     c: &mut [T],
     ldc: usize,
@@ -74,6 +85,9 @@ pub(crate) fn gemm<T: Real>(
     );
     a.check(m, k, "A");
     b.check(k, n, "B");
+    if T::tile_gemm_on_backend((m, n, k), c, ldc, alpha, a, b, beta) {
+        return;
+    }
     // SAFETY: every operand's extent was bounds-checked above; `c` is exclusively
     // borrowed and cannot alias `a` or `b` (shared borrows).
     unsafe {
@@ -176,6 +190,22 @@ pub(crate) trait Float: Real {
     /// `Σ exp(row[j] − shift)`, leaving `row` as it is.
     fn sum_exp_shifted(row: &[Self], shift: Self) -> Self;
 
+    /// [`gemm`] through the selected GEMM backend on the calling thread, when it has a
+    /// faster kernel for this type and the operands have a unit stride; false when the
+    /// caller should use the `gemm` crate instead (bounds are already checked).
+    #[allow(clippy::too_many_arguments)]
+    fn tile_gemm_on_backend(
+        _mnk: (usize, usize, usize),
+        _c: &mut [Self],
+        _ldc: usize,
+        _alpha: Self,
+        _a: View<'_, Self>,
+        _b: View<'_, Self>,
+        _beta: Self,
+    ) -> bool {
+        false
+    }
+
     /// `max(row)` (`row` non-empty).
     fn max_of(row: &[Self]) -> Self {
         row.iter()
@@ -207,6 +237,45 @@ impl Float for f32 {
             return unsafe { exp_shifted_avx2(row, shift) };
         }
         exp_shifted_f32(row, shift)
+    }
+
+    /// MKL's AVX-512 kernels beat the `gemm` crate's AVX2 ones on these tiles (64
+    /// queries × up to the sequence length × head_dim), single-threaded since each
+    /// tile is already one rayon task.
+    fn tile_gemm_on_backend(
+        (m, n, k): (usize, usize, usize),
+        c: &mut [f32],
+        ldc: usize,
+        alpha: f32,
+        a: View<'_, f32>,
+        b: View<'_, f32>,
+        beta: f32,
+    ) -> bool {
+        use crate::ops::gemm::{self, Backend, Threads};
+        if !matches!(gemm::backend(), Ok(Backend::Mkl)) {
+            return false;
+        }
+        let (Some((ta, lda)), Some((tb, ldb))) = (a.as_operand(), b.as_operand()) else {
+            return false;
+        };
+        // this module's C = alpha·C + beta·A·B is BLAS's C = beta·A·B + alpha·C
+        gemm::sgemm(
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            beta,
+            a.data,
+            lda,
+            b.data,
+            ldb,
+            alpha,
+            c,
+            ldc,
+            Threads::Single,
+        )
+        .is_ok()
     }
 
     fn sum_exp_shifted(row: &[f32], shift: f32) -> f32 {
