@@ -20,6 +20,7 @@ use super::linear::{bf16_gemm_all, dgemm_all, sgemm_all, Gemm};
 use super::precision::Precision;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
 
 /// Vocabulary columns per chunk: `(N, 4096)` f32 logits are 16 MiB at N = 1024.
 pub const DEFAULT_VOCAB_CHUNK: usize = 4096;
@@ -88,6 +89,9 @@ pub fn linear_cross_entropy(
             chunk: chunk.max(1),
             backward: false,
             precision,
+            keep_rounded: precision == Precision::Bf16Autocast
+                && (hidden.track_op() || weight.track_op()),
+            rounded: Mutex::new(None),
         },
     )?; // (N, 4)
     let nll = out.narrow(1, 0, 1)?.squeeze(1)?;
@@ -132,6 +136,11 @@ struct LinearCe {
     chunk: usize,
     backward: bool,
     precision: Precision,
+    /// Keep the forward's bf16-rounded `h` and `W` for the backward (set under bf16
+    /// autocast when the call is part of an autograd graph).
+    keep_rounded: bool,
+    /// The rounded operands: filled by the forward, moved to the backward op.
+    rounded: Mutex<Option<Autocast>>,
 }
 
 /// The GEMMs of one vocabulary chunk `W_c = W[c0 .. c0+c]` (`(c, H)`), at one precision.
@@ -361,34 +370,35 @@ fn run(
     match s1.dtype() {
         DType::F32 => {
             let (h, w) = (slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?);
-            let exact;
-            let autocast;
-            let products: &dyn ChunkProducts<f32> = match op.precision {
-                Precision::F32 => {
-                    exact = Exact {
-                        h,
-                        w,
-                        n,
-                        hd,
-                        gemm: &sgemm_all,
-                    };
-                    &exact
-                }
-                Precision::Bf16Autocast => {
-                    autocast = Autocast {
-                        h: gemm::to_bf16(h),
-                        w: gemm::to_bf16(w),
-                        n,
-                        hd,
-                    };
-                    &autocast
-                }
+            let exact = Exact {
+                h,
+                w,
+                n,
+                hd,
+                gemm: &sgemm_all,
             };
-            Ok(CpuStorage::F32(if op.backward {
+            let autocast = (op.precision == Precision::Bf16Autocast).then(|| {
+                let kept = op.rounded.lock().unwrap_or_else(|e| e.into_inner()).take();
+                kept.unwrap_or_else(|| Autocast {
+                    h: gemm::to_bf16(h),
+                    w: gemm::to_bf16(w),
+                    n,
+                    hd,
+                })
+            });
+            let products: &dyn ChunkProducts<f32> = match &autocast {
+                Some(a) => a,
+                None => &exact,
+            };
+            let out = if op.backward {
                 backward(products, (n, v, hd), slice(s3, l3, name)?, op.chunk)?
             } else {
                 forward(products, (n, v), slice(s3, l3, name)?, op.chunk)?
-            }))
+            };
+            if op.keep_rounded && !op.backward {
+                *op.rounded.lock().unwrap_or_else(|e| e.into_inner()) = autocast;
+            }
+            Ok(CpuStorage::F32(out))
         }
         DType::F64 => {
             let (h, w) = (slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?);
@@ -465,6 +475,13 @@ impl CustomOp3 for LinearCe {
                 chunk: self.chunk,
                 backward: true,
                 precision: self.precision,
+                keep_rounded: false,
+                rounded: Mutex::new(
+                    self.rounded
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take(),
+                ),
             },
         )?; // (N·H + V·H,)
         let (nh, vh) = (hidden.elem_count(), weight.elem_count());

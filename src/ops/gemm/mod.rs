@@ -294,12 +294,34 @@ pub fn gemm_bf16_f32(
 /// loop vectorises (it runs on every weight and activation under bf16 autocast).
 pub fn to_bf16(x: &[f32]) -> Vec<bf16> {
     let mut out = vec![bf16::ZERO; x.len()];
-    par_chunks(&mut out, |off, dst| {
-        for (d, s) in dst.iter_mut().zip(&x[off..]) {
-            *d = bf16::from_bits(f32_to_bf16_bits(*s));
-        }
-    });
+    par_chunks(&mut out, |off, dst| round_block(dst, &x[off..]));
     out
+}
+
+/// `dst[i] = bf16(src[i])`, in AVX2 lanes where the CPU has them (the portable build
+/// targets baseline x86-64, where this loop gets SSE2 only).
+fn round_block(dst: &mut [bf16], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports the feature the function is compiled for.
+        unsafe { round_block_avx2(dst, src) };
+        return;
+    }
+    round_block_body(dst, src);
+}
+
+/// [`round_block_body`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn round_block_avx2(dst: &mut [bf16], src: &[f32]) {
+    round_block_body(dst, src);
+}
+
+#[inline(always)]
+fn round_block_body(dst: &mut [bf16], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = bf16::from_bits(f32_to_bf16_bits(*s));
+    }
 }
 
 /// f32 → bf16 bits, round to nearest even; NaNs become quiet NaNs.
