@@ -10,23 +10,16 @@ use candle_core::{CpuStorage, DType, Layout, Result, WithDType};
 /// Float element types the kernels are written for (f32 for speed, f64 for
 /// finite-difference tests).
 pub(crate) trait Real: WithDType {
-    fn exp(self) -> Self;
     fn sqrt(self) -> Self;
 }
 
 impl Real for f32 {
-    fn exp(self) -> Self {
-        f32::exp(self)
-    }
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
 }
 
 impl Real for f64 {
-    fn exp(self) -> Self {
-        f64::exp(self)
-    }
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }
@@ -81,4 +74,27 @@ where
             .map(|h| h.join().expect("kernel worker panicked"))
             .collect()
     })
+}
+
+/// Splits two same-length slices at the same points, one block per worker thread
+/// (small inputs stay on the calling thread), and runs `f(offset, a_block, b_block)`.
+pub(crate) fn par_zip_blocks<T, F>(a: &mut [T], b: &mut [T], f: F)
+where
+    T: Send,
+    F: Fn(usize, &mut [T], &mut [T]) + Sync,
+{
+    let n = a.len().min(b.len());
+    let threads = candle_core::utils::get_num_threads().max(1);
+    // below ~32k elements a thread costs more than it saves
+    if threads == 1 || n < 32 * 1024 {
+        f(0, a, b);
+        return;
+    }
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (i, (a, b)) in a.chunks_mut(per).zip(b.chunks_mut(per)).enumerate() {
+            let f = &f;
+            s.spawn(move || f(i * per, a, b));
+        }
+    });
 }

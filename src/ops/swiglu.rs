@@ -2,9 +2,10 @@
 //!
 //! With `s = sigmoid(g)`: `y = g·s·u`, `dgate = dy · u · s · (1 + g·(1 − s))`,
 //! `dup = dy · g·s`. Key decision: the backward recomputes the sigmoid from the saved
-//! inputs (one `exp` per element) instead of keeping an activation-sized buffer alive.
+//! inputs (one `exp` per element, one pass for both gradients) instead of keeping an
+//! activation-sized buffer alive.
 
-use super::cpu::{par_row_blocks, slice, unsupported, Real};
+use super::cpu::{par_row_blocks, par_zip_blocks, slice, unsupported, Real};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
@@ -35,39 +36,101 @@ struct SwiGlu;
 /// The backward op: `(gate, up, dy) → [dgate | dup]`.
 struct SwiGluBwd;
 
-const ROW: usize = 4096; // elements per parallel work unit
+/// The elementwise loops, per element type: f32 gets AVX2 lanes and a polynomial `exp`
+/// where the CPU has them (the portable build targets baseline x86-64), f64 stays on
+/// libm (it is the finite-difference path).
+trait Kernel: Real {
+    /// `y = silu(g) · u`.
+    fn forward_block(g: &[Self], u: &[Self], y: &mut [Self]);
+    /// `dg = dy · u · s · (1 + g·(1 − s))`, `du = dy · g·s`, with `s = sigmoid(g)`.
+    fn backward_block(g: &[Self], u: &[Self], dy: &[Self], dg: &mut [Self], du: &mut [Self]);
+}
 
-fn forward<T: Real>(g: &[T], u: &[T]) -> Vec<T> {
-    let mut y = vec![T::zero(); g.len()];
-    par_row_blocks(&mut y, ROW.min(g.len().max(1)), |row0, block| {
-        let off = row0 * ROW.min(g.len().max(1));
-        for (i, out) in block.iter_mut().enumerate() {
-            let (gv, uv) = (g[off + i], u[off + i]);
-            *out = gv / ((T::zero() - gv).exp() + T::one()) * uv;
+impl Kernel for f64 {
+    fn forward_block(g: &[f64], u: &[f64], y: &mut [f64]) {
+        forward_body(g, u, y, f64::exp);
+    }
+    fn backward_block(g: &[f64], u: &[f64], dy: &[f64], dg: &mut [f64], du: &mut [f64]) {
+        backward_body(g, u, dy, dg, du, f64::exp);
+    }
+}
+
+impl Kernel for f32 {
+    fn forward_block(g: &[f32], u: &[f32], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { forward_avx2(g, u, y) };
         }
+        forward_body(g, u, y, f32::exp);
+    }
+    fn backward_block(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { backward_avx2(g, u, dy, dg, du) };
+        }
+        backward_body(g, u, dy, dg, du, f32::exp);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_avx2(g: &[f32], u: &[f32], y: &mut [f32]) {
+    forward_body(g, u, y, super::attention::exp_f32);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_avx2(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    backward_body(g, u, dy, dg, du, super::attention::exp_f32);
+}
+
+#[inline(always)]
+fn forward_body<T: Real>(g: &[T], u: &[T], y: &mut [T], exp: impl Fn(T) -> T) {
+    for ((out, &gv), &uv) in y.iter_mut().zip(g).zip(u) {
+        *out = gv / (exp(T::zero() - gv) + T::one()) * uv;
+    }
+}
+
+#[inline(always)]
+fn backward_body<T: Real>(
+    g: &[T],
+    u: &[T],
+    dy: &[T],
+    dg: &mut [T],
+    du: &mut [T],
+    exp: impl Fn(T) -> T,
+) {
+    for i in 0..dg
+        .len()
+        .min(du.len())
+        .min(g.len())
+        .min(u.len())
+        .min(dy.len())
+    {
+        let (gv, uv, d) = (g[i], u[i], dy[i]);
+        let s = T::one() / (exp(T::zero() - gv) + T::one());
+        dg[i] = d * uv * s * (T::one() + gv * (T::one() - s));
+        du[i] = d * (gv * s);
+    }
+}
+
+fn forward<T: Kernel>(g: &[T], u: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); g.len()];
+    par_row_blocks(&mut y, 1, |off, block| {
+        T::forward_block(&g[off..], &u[off..], block)
     });
     y
 }
 
-fn backward<T: Real>(g: &[T], u: &[T], dy: &[T]) -> Vec<T> {
+/// `[dgate | dup]` in one buffer; one pass computes both (one `exp` per element).
+fn backward<T: Kernel>(g: &[T], u: &[T], dy: &[T]) -> Vec<T> {
     let n = g.len();
-    let row = ROW.min(n.max(1));
     let mut out = vec![T::zero(); 2 * n];
     let (dg, du) = out.split_at_mut(n);
-    par_row_blocks(dg, row, |row0, block| {
-        let off = row0 * row;
-        for (i, d) in block.iter_mut().enumerate() {
-            let (gv, uv) = (g[off + i], u[off + i]);
-            let s = T::one() / ((T::zero() - gv).exp() + T::one());
-            *d = dy[off + i] * uv * s * (T::one() + gv * (T::one() - s));
-        }
-    });
-    par_row_blocks(du, row, |row0, block| {
-        let off = row0 * row;
-        for (i, d) in block.iter_mut().enumerate() {
-            let gv = g[off + i];
-            *d = dy[off + i] * (gv / ((T::zero() - gv).exp() + T::one()));
-        }
+    par_zip_blocks(dg, du, |off, dg, du| {
+        T::backward_block(&g[off..], &u[off..], &dy[off..], dg, du)
     });
     out
 }

@@ -23,7 +23,7 @@ mod backward;
 mod forward;
 mod tile;
 
-pub(crate) use tile::Float;
+pub(crate) use tile::{exp_f32, Float};
 
 use crate::ops::cpu::{slice, unsupported};
 use candle_core::backend::BackendStorage;
