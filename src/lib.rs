@@ -22,6 +22,7 @@ pub mod ops;
 pub mod optim;
 pub mod recipe;
 pub mod rng;
+pub mod runtime;
 pub mod telemetry;
 pub mod tokenizer;
 pub mod train;

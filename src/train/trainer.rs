@@ -92,6 +92,7 @@ impl<A: Algorithm> Trainer<A> {
         config.validate()?;
         model.set_precision(config.precision);
         crate::ops::gemm::flush_denormals_to_zero();
+        crate::runtime::keep_freed_memory();
         let optimizer = AdamW::new(model.vars(), config.optimizer.clone())?;
         let state = TrainerState {
             lr_scale: 1.0,

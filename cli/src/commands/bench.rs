@@ -91,6 +91,7 @@ pub fn workload_tokens(batch: usize, seq: usize, vocab: usize, seed: u64) -> Vec
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // subnormals only slow the kernels down; PyTorch's CPU autocast flushes them too
     smelt::ops::gemm::flush_denormals_to_zero();
+    smelt::runtime::keep_freed_memory();
     eprintln!(
         "smelt bench: gemm backend {}",
         smelt::ops::gemm::backend_report()
