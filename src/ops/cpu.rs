@@ -25,6 +25,13 @@ impl Real for f64 {
     }
 }
 
+/// Whether the CPU has AVX2 and FMA: the kernels with a `#[target_feature(enable =
+/// "avx2,fma")]` variant call it when this holds (the build targets baseline x86-64).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
 /// The contiguous elements of `storage` under `layout`, or an error naming `op`.
 pub(crate) fn slice<'a, T: WithDType>(
     storage: &'a CpuStorage,

@@ -58,7 +58,7 @@ impl Kernel for f64 {
 impl Kernel for f32 {
     fn forward_block(g: &[f32], u: &[f32], y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if crate::ops::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { forward_avx2(g, u, y) };
         }
@@ -66,7 +66,7 @@ impl Kernel for f32 {
     }
     fn backward_block(g: &[f32], u: &[f32], dy: &[f32], dg: &mut [f32], du: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if crate::ops::cpu::has_avx2_fma() {
             // SAFETY: as above.
             return unsafe { backward_avx2(g, u, dy, dg, du) };
         }

@@ -232,7 +232,7 @@ impl Float for f64 {
 impl Float for f32 {
     fn exp_shifted(row: &mut [f32], shift: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if crate::ops::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { exp_shifted_avx2(row, shift) };
         }
@@ -280,7 +280,7 @@ impl Float for f32 {
 
     fn sum_exp_shifted(row: &[f32], shift: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if crate::ops::cpu::has_avx2_fma() {
             // SAFETY: the CPU supports the features the function is compiled for.
             return unsafe { sum_exp_shifted_avx2(row, shift) };
         }
