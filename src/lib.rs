@@ -28,4 +28,4 @@ pub mod tokenizer;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use model::{Kernels, KvCache, Model, ModelConfig, ModelType};
+pub use model::{DecodeSession, Kernels, KvCache, Model, ModelConfig, ModelType};

@@ -24,11 +24,13 @@ mod layer;
 pub mod mask;
 pub mod params;
 pub mod rope;
+mod session;
 
 pub use config::{ModelConfig, ModelType, RopeScaling};
 pub use kv_cache::KvCache;
 pub use layer::Kernels;
 pub use params::{param_specs, Init, ParamSpec};
+pub use session::DecodeSession;
 
 use crate::error::{Error, Result};
 use crate::ops::{self, Precision};

@@ -74,6 +74,12 @@ impl Kernel for f32 {
     }
 }
 
+/// `y = silu(g) · u` over f32 slices (the fused op's forward loop, for callers that
+/// work on plain buffers such as [`crate::model::DecodeSession`]).
+pub(crate) fn forward_f32(g: &[f32], u: &[f32], y: &mut [f32]) {
+    <f32 as Kernel>::forward_block(g, u, y);
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_avx2(g: &[f32], u: &[f32], y: &mut [f32]) {

@@ -1,5 +1,6 @@
-//! Process-level settings that training and benchmarks opt into: glibc's allocator
-//! keeps freed memory instead of handing it back to the kernel.
+//! Process-level runtime support: the settings training and benchmarks opt into
+//! (glibc's allocator keeps freed memory instead of handing it back to the kernel)
+//! and the persistent [`team::WorkerTeam`] that decoding's short parallel regions run on.
 //!
 //! A training step allocates and frees the same few hundred megabytes of activations
 //! and gradients every step. By default glibc returns large freed blocks to the kernel
@@ -9,6 +10,9 @@
 //! the trainer and `smelt bench`, not a side effect of linking the library. Peak RSS
 //! does not change (the memory was in use at the peak anyway); what changes is that
 //! the process keeps it after the peak.
+
+pub mod team;
+pub use team::WorkerTeam;
 
 /// Blocks up to this size come from the heap (32 MiB, the largest value glibc accepts
 /// on 64-bit targets), not from a fresh `mmap` each.

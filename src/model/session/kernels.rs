@@ -1,0 +1,299 @@
+//! The row kernels of a decode step on plain slices: RMSNorm, rotary embedding,
+//! attention over the cached keys, and the linear layers (team-split skinny GEMM for
+//! a few rows, the GEMM backend for a prompt).
+//!
+//! Each computes what the model's fused ops compute ([`crate::ops`]) in the same
+//! order of operations where it is cheap to (RMSNorm's `x · r · w`, rope's
+//! rotate-half, a max-shifted softmax), so a session's logits equal
+//! [`Model::decode`](crate::model::Model::decode)'s to float rounding.
+
+use crate::ops::gemm::{self, Threads, Trans};
+use crate::ops::skinny_gemm::{matmul_wt_rows, SharedMatrix};
+use crate::ops::Float;
+use crate::runtime::team::{share, WorkerTeam};
+use candle_core::Result;
+
+/// Rows up to which a linear layer streams its weights through the skinny kernel;
+/// above, the product is compute-bound and the GEMM backend wins.
+pub(super) const SKINNY_ROWS: usize = 16;
+
+/// Weight rows per unit of work handed to a worker (the skinny kernel's block).
+const UNIT_ROWS: usize = 16;
+
+/// `y = x · r · w` per row of `x` `(rows, h)` with `r = 1 / sqrt(mean(x²) + eps)`.
+pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f64, y: &mut [f32]) {
+    let h = w.len();
+    for (xr, yr) in x.chunks_exact(h).zip(y.chunks_exact_mut(h)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum();
+        let r = 1.0 / (ss / h as f32 + eps as f32).sqrt();
+        for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+            *o = v * r * g;
+        }
+    }
+}
+
+/// [`rms_norm_rows`] in place, per `w.len()`-long row of `x` (a q/k norm per head).
+pub(super) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f64) {
+    let h = w.len();
+    for xr in x.chunks_exact_mut(h) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum();
+        let r = 1.0 / (ss / h as f32 + eps as f32).sqrt();
+        for (v, &g) in xr.iter_mut().zip(w) {
+            *v = *v * r * g;
+        }
+    }
+}
+
+/// Rotates every head `(d)` of one token's `heads` (`n · d` values) by the angles
+/// whose cosines/sines are `cos`, `sin` (`d / 2` each): rotate-half, non-interleaved.
+pub(super) fn rope_heads(heads: &mut [f32], d: usize, cos: &[f32], sin: &[f32]) {
+    let half = d / 2;
+    for head in heads.chunks_exact_mut(d) {
+        let (lo, hi) = head.split_at_mut(half);
+        for i in 0..half {
+            let (a, b) = (lo[i], hi[i]);
+            lo[i] = a * cos[i] - b * sin[i];
+            hi[i] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
+/// One linear layer's weight `(n, k)` and where its `(rows, n)` output goes.
+pub(super) struct LinearPart<'a> {
+    pub w: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub out: &'a mut [f32],
+    /// Add the product to `out` (a residual) instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// `out (+)= x (rows, k) · Wᵀ (+ bias)` for each part, all sharing the input `x`.
+/// A few rows: one team region over every part's weight rows; more: the GEMM backend.
+pub(super) fn linear(
+    team: &WorkerTeam,
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    parts: &mut [LinearPart<'_>],
+) -> Result<()> {
+    if rows <= SKINNY_ROWS {
+        let shared: Vec<(&[f32], usize, SharedMatrix<'_>, bool, Option<&[f32]>)> = parts
+            .iter_mut()
+            .map(|p| {
+                let n = p.w.len() / k;
+                (
+                    p.w,
+                    n,
+                    SharedMatrix::new(&mut p.out[..rows * n], rows, n),
+                    p.accumulate,
+                    p.bias,
+                )
+            })
+            .collect();
+        let units: Vec<usize> = shared.iter().map(|s| s.1.div_ceil(UNIT_ROWS)).collect();
+        let total: usize = units.iter().sum();
+        team.run(|worker, workers| {
+            let mine = share(total, worker, workers);
+            let mut first = 0;
+            for (part, &count) in shared.iter().zip(&units) {
+                let (a, z) = (mine.start.max(first), mine.end.min(first + count));
+                if a < z {
+                    let (w, n, out, accumulate, bias) = *part;
+                    let cols = (a - first) * UNIT_ROWS..((z - first) * UNIT_ROWS).min(n);
+                    matmul_wt_rows(x, k, w, cols.clone(), out, accumulate);
+                    if let Some(b) = bias {
+                        for r in 0..rows {
+                            // SAFETY: these columns belong to this worker's share.
+                            let o = unsafe { out.cols_mut(r, cols.clone()) };
+                            o.iter_mut().zip(&b[cols.clone()]).for_each(|(o, b)| *o += b);
+                        }
+                    }
+                }
+                first += count;
+            }
+        });
+        return Ok(());
+    }
+    for p in parts.iter_mut() {
+        let n = p.w.len() / k;
+        let beta = if p.accumulate { 1.0 } else { 0.0 };
+        let out = &mut p.out[..rows * n];
+        gemm::sgemm(
+            Trans::No,
+            Trans::Yes,
+            rows,
+            n,
+            k,
+            1.0,
+            x,
+            k,
+            p.w,
+            k,
+            beta,
+            out,
+            n,
+            Threads::All,
+        )?;
+        if let Some(b) = p.bias {
+            for row in out.chunks_exact_mut(n) {
+                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `act = silu(x · Gᵀ) ⊙ (x · Uᵀ)` `(rows, i)`, with `gate`, `up` `(rows, i)` as scratch.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gated_mlp(
+    team: &WorkerTeam,
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    (g_w, g_b): (&[f32], Option<&[f32]>),
+    (u_w, u_b): (&[f32], Option<&[f32]>),
+    gate: &mut [f32],
+    up: &mut [f32],
+    act: &mut [f32],
+) -> Result<()> {
+    let i = g_w.len() / k;
+    let (gate, up, act) = (
+        &mut gate[..rows * i],
+        &mut up[..rows * i],
+        &mut act[..rows * i],
+    );
+    if rows <= SKINNY_ROWS {
+        // each worker owns a column range of gate, up and act: no barrier in between
+        let (gm, um, am) = (
+            SharedMatrix::new(gate, rows, i),
+            SharedMatrix::new(up, rows, i),
+            SharedMatrix::new(act, rows, i),
+        );
+        let units = i.div_ceil(UNIT_ROWS);
+        team.run(|worker, workers| {
+            let mine = share(units, worker, workers);
+            let cols = mine.start * UNIT_ROWS..(mine.end * UNIT_ROWS).min(i);
+            if cols.is_empty() {
+                return;
+            }
+            matmul_wt_rows(x, k, g_w, cols.clone(), gm, false);
+            matmul_wt_rows(x, k, u_w, cols.clone(), um, false);
+            for r in 0..rows {
+                // SAFETY: these columns belong to this worker's share.
+                let (g, u, a) = unsafe {
+                    (
+                        gm.cols_mut(r, cols.clone()),
+                        um.cols_mut(r, cols.clone()),
+                        am.cols_mut(r, cols.clone()),
+                    )
+                };
+                add_bias(g, g_b.map(|b| &b[cols.clone()]));
+                add_bias(u, u_b.map(|b| &b[cols.clone()]));
+                crate::ops::swiglu_forward_f32(g, u, a);
+            }
+        });
+        return Ok(());
+    }
+    let mut parts = [
+        LinearPart {
+            w: g_w,
+            bias: g_b,
+            out: gate,
+            accumulate: false,
+        },
+        LinearPart {
+            w: u_w,
+            bias: u_b,
+            out: up,
+            accumulate: false,
+        },
+    ];
+    linear(team, x, rows, k, &mut parts)?;
+    let [LinearPart { out: gate, .. }, LinearPart { out: up, .. }] = parts;
+    let (gate, up) = (&*gate, &*up);
+    let am = SharedMatrix::new(act, rows, i);
+    team.for_each(rows, |r| {
+        // SAFETY: row r belongs to this index.
+        let a = unsafe { am.cols_mut(r, 0..i) };
+        crate::ops::swiglu_forward_f32(&gate[r * i..(r + 1) * i], &up[r * i..(r + 1) * i], a);
+    });
+    Ok(())
+}
+
+fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        x.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+    }
+}
+
+/// Where one layer's cached keys and values live, and how heads are grouped.
+#[derive(Clone, Copy)]
+pub(super) struct CacheView<'a> {
+    /// `(B, capacity, KV, D)` each.
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub capacity: usize,
+    pub kv_heads: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+/// Attention of one query token of row `b` over slots `first..=last` of the cache,
+/// for the query heads of key/value group `g`: `q` is the token's `(heads · D)`
+/// query, `out` the group's `(heads / KV · D)` slice of its output. `scores` is
+/// scratch of at least `last + 1` values.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend(
+    cache: CacheView<'_>,
+    b: usize,
+    g: usize,
+    (first, last): (usize, usize),
+    q: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = cache.head_dim;
+    let group = cache.heads / cache.kv_heads;
+    let slot = |s: usize| ((b * cache.capacity + s) * cache.kv_heads + g) * d;
+    for (j, h) in (g * group..(g + 1) * group).enumerate() {
+        let o = &mut out[j * d..(j + 1) * d];
+        o.fill(0.0);
+        if first > last {
+            continue; // a padding position sees nothing
+        }
+        let qh = &q[h * d..(h + 1) * d];
+        let sc = &mut scores[first..=last];
+        for (s, v) in (first..=last).zip(sc.iter_mut()) {
+            *v = dot(qh, &cache.keys[slot(s)..slot(s) + d]) * scale;
+        }
+        let max = f32::max_of(sc);
+        let sum = f32::exp_shifted(sc, max);
+        let inv = 1.0 / sum;
+        for (s, &p) in (first..=last).zip(sc.iter()) {
+            axpy(p * inv, &cache.values[slot(s)..slot(s) + d], o);
+        }
+    }
+}
+
+/// Eight independent partial sums so the loop runs in vector lanes.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
