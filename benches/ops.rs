@@ -404,3 +404,65 @@ mod softmax {
         backward(b, &[rand_t(&[B * HQ * T, T], 13, 4.0)], &f);
     }
 }
+
+mod decode {
+    //! Generation at batch 8: the skinny weight-streaming GEMM beside the GEMM backend
+    //! at 8 rows (weights cache-resident here: the kernel's speed, not memory's), and
+    //! one `DecodeSession` step of a random-weight SmolLM2-135M-shaped model after a
+    //! 32-token prompt (weights streamed from memory, as in real generation).
+    use super::*;
+    use smelt::ops::skinny_gemm::{matmul_wt_rows, SharedMatrix};
+    use smelt::ops::Precision;
+    use smelt::runtime::team::{share, WorkerTeam};
+    use smelt::{DecodeSession, Model, ModelConfig, ModelType};
+
+    const ROWS: usize = 8;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        rand_t(&[n], seed, 0.05).to_vec1().unwrap()
+    }
+
+    #[divan::bench]
+    fn skinny_gemm_b8_up_proj(b: Bencher) {
+        let (x, w) = (values(ROWS * HIDDEN, 1), values(MLP * HIDDEN, 2));
+        let mut out = vec![0f32; ROWS * MLP];
+        let team = WorkerTeam::with_default_size();
+        b.bench_local(|| {
+            let y = SharedMatrix::new(&mut out, ROWS, MLP);
+            team.run(|worker, workers| {
+                let blocks = share(MLP / 16, worker, workers);
+                matmul_wt_rows(&x, HIDDEN, &w, blocks.start * 16..blocks.end * 16, y, false);
+            });
+        });
+    }
+
+    #[divan::bench]
+    fn gemm_backend_b8_up_proj(b: Bencher) {
+        let x = rand_t(&[ROWS, HIDDEN], 1, 1.0);
+        let w = rand_t(&[MLP, HIDDEN], 2, 0.05);
+        b.bench_local(|| ops::fused_linear(&x, &w, None, Precision::F32).unwrap());
+    }
+
+    fn smollm2_shaped() -> Model {
+        let mut c = ModelConfig::tiny(ModelType::Llama, VOCAB);
+        (c.hidden_size, c.intermediate_size, c.num_hidden_layers) = (HIDDEN, MLP, 30);
+        (c.num_attention_heads, c.num_key_value_heads, c.head_dim) = (HQ, HKV, HEAD);
+        c.use_rope = vec![true; 30];
+        Model::new_random(c, &Device::Cpu, 7).unwrap()
+    }
+
+    #[divan::bench(sample_count = 10)]
+    fn session_step_b8_after_32(b: Bencher) {
+        let model = smollm2_shaped();
+        let prompt: Vec<u32> = (0..ROWS as u32 * 32).map(|i| i * 7 % VOCAB as u32).collect();
+        b.with_inputs(|| {
+            let mut s = DecodeSession::new(&model, ROWS, 40).unwrap();
+            s.extend(&prompt, 32).unwrap();
+            s
+        })
+        .bench_local_values(|mut s| {
+            s.extend(&[5; ROWS], 1).unwrap();
+            s
+        });
+    }
+}

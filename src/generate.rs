@@ -1,15 +1,17 @@
 //! Plain single-sequence generation with the KV cache: greedy or sampled.
 //!
-//! This is the generation the CLI and tests use. It prefills the prompt in one
-//! `decode` call, then feeds one token at a time. Sampling applies temperature, then
-//! top-k, then top-p (nucleus) to the distribution, with a seeded RNG so a
-//! generation is reproducible. The KV cache is allocated once for prompt +
-//! `max_new_tokens`, and only the last position's logits are computed. The batched, continuously-batched sampler that also
-//! returns behaviour log-probabilities for RL lives in `smelt-rollouts`.
+//! This is the generation the CLI and tests use. It prefills the prompt in one call,
+//! then feeds one token at a time. Sampling applies temperature, then top-k, then
+//! top-p (nucleus) to the distribution, with a seeded RNG so a generation is
+//! reproducible. The KV cache is allocated once for prompt + `max_new_tokens`, and
+//! only the last position's logits are computed. Steps run through [`Decoder`]: the
+//! fast [`DecodeSession`] on the CPU, the model's candle-op decode path elsewhere.
+//! The batched, continuously-batched sampler that also returns behaviour
+//! log-probabilities for RL lives in `smelt-rollouts`.
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Model};
-use candle_core::{DType, Tensor, D};
+use crate::model::{DecodeSession, KvCache, Model};
+use candle_core::{DType, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 /// How to pick each next token.
@@ -61,6 +63,78 @@ pub struct Generation {
     pub finish: FinishReason,
 }
 
+/// Next-token logits for a fixed batch of rows: a [`DecodeSession`] where the model
+/// allows one (CPU, f32 parameters), else the model's candle-op decode path with a
+/// [`KvCache`] (any device). Both give the same logits to float rounding.
+#[derive(Debug)]
+pub enum Decoder<'m> {
+    /// The fast CPU path.
+    Session(DecodeSession<'m>),
+    /// The candle-op path: the model, its cache, the rows and the last logits `(B, V)`.
+    Model {
+        /// The model decoded.
+        model: &'m Model,
+        /// Its cache.
+        cache: KvCache,
+        /// Rows per call.
+        batch: usize,
+        /// The last call's logits, `(B, V)` row-major.
+        logits: Vec<f32>,
+    },
+}
+
+impl<'m> Decoder<'m> {
+    /// A decoder for `batch` rows of up to `capacity` tokens (prompt + new tokens).
+    pub fn new(model: &'m Model, batch: usize, capacity: usize) -> Result<Self> {
+        match DecodeSession::new(model, batch, capacity) {
+            Ok(session) => Ok(Decoder::Session(session)),
+            Err(_) if batch > 0 => Ok(Decoder::Model {
+                model,
+                cache: KvCache::with_capacity(model.config().num_hidden_layers, capacity),
+                batch,
+                logits: Vec::new(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Appends `ids` `(B, t_new)` row-major; returns each row's logits at its last new
+    /// position, `(B, V)` row-major.
+    pub fn extend(&mut self, ids: &[u32], t_new: usize) -> Result<&[f32]> {
+        match self {
+            Decoder::Session(session) => session.extend(ids, t_new),
+            Decoder::Model {
+                model,
+                cache,
+                batch,
+                logits,
+            } => {
+                if t_new == 0 || ids.len() != *batch * t_new {
+                    return Err(Error::Invalid(format!(
+                        "Decoder::extend: {} ids for {batch} rows × {t_new} tokens",
+                        ids.len()
+                    )));
+                }
+                let input = Tensor::from_vec(ids.to_vec(), (*batch, t_new), model.device())?;
+                let last = model.decode_last(&input, cache)?; // (B, V)
+                *logits = last.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                Ok(logits)
+            }
+        }
+    }
+}
+
+/// Index of the largest value (the first of equals, as `torch.argmax`).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// Generates a continuation of `prompt` (token ids), calling `on_token` for each new
 /// token as soon as it is chosen (for streaming).
 pub fn generate(
@@ -73,18 +147,19 @@ pub fn generate(
         return Err(Error::Invalid("generate: the prompt has no tokens".into()));
     }
     validate(config)?;
-    let device = model.device();
+    if config.max_new_tokens == 0 {
+        return Ok(Generation {
+            tokens: vec![],
+            finish: FinishReason::Length,
+        });
+    }
     // sized for the whole generation: the cache never re-allocates
-    let mut cache = KvCache::with_capacity(
-        model.config().num_hidden_layers,
-        prompt.len() + config.max_new_tokens,
-    );
+    let mut decoder = Decoder::new(model, 1, prompt.len() + config.max_new_tokens)?;
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut tokens = Vec::new();
-    let mut input = Tensor::new(prompt, device)?.unsqueeze(0)?; // (1, T_prompt)
-    for _ in 0..config.max_new_tokens {
-        let last = model.decode_last(&input, &mut cache)?.squeeze(0)?; // (V,): lm_head on the last position only
-        let next = pick(&last, config, &mut rng)?;
+    let mut last = decoder.extend(prompt, prompt.len())?; // (V,): the last position only
+    loop {
+        let next = pick(last, config, &mut rng);
         tokens.push(next);
         on_token(next)?;
         if config.stop_ids.contains(&next) {
@@ -93,12 +168,14 @@ pub fn generate(
                 finish: FinishReason::Stop,
             });
         }
-        input = Tensor::new(&[next], device)?.unsqueeze(0)?; // (1, 1)
+        if tokens.len() >= config.max_new_tokens {
+            return Ok(Generation {
+                tokens,
+                finish: FinishReason::Length,
+            });
+        }
+        last = decoder.extend(&[next], 1)?;
     }
-    Ok(Generation {
-        tokens,
-        finish: FinishReason::Length,
-    })
 }
 
 fn validate(config: &GenerationConfig) -> Result<()> {
@@ -118,21 +195,20 @@ fn validate(config: &GenerationConfig) -> Result<()> {
 }
 
 /// Chooses the next token from logits `(V,)`.
-fn pick(logits: &Tensor, config: &GenerationConfig, rng: &mut StdRng) -> Result<u32> {
+fn pick(logits: &[f32], config: &GenerationConfig, rng: &mut StdRng) -> u32 {
     if config.temperature == 0.0 {
-        return Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?);
+        return argmax(logits);
     }
-    let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
-    let probs = filtered_probs(&logits, config);
+    let probs = filtered_probs(logits, config);
     let u: f64 = rng.random();
     let mut acc = 0.0;
     for &(id, p) in &probs {
         acc += p;
         if u < acc {
-            return Ok(id);
+            return id;
         }
     }
-    Ok(probs.last().map(|&(id, _)| id).unwrap_or(0))
+    probs.last().map(|&(id, _)| id).unwrap_or(0)
 }
 
 /// Temperature, top-k and top-p applied: `(id, prob)` sorted by descending prob, summing to 1.

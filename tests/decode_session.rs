@@ -64,7 +64,7 @@ fn compare(model: &Model, left_pad: &[usize], t: usize, steps: usize) {
         input = ids(b, 7 + call as u32);
         width = 1;
     }
-    assert_eq!(session.len(), t + steps);
+    assert!((0..b).all(|r| session.row_len(r) == t + steps));
 }
 
 #[test]
@@ -99,6 +99,57 @@ fn logits_equal_the_model_with_biases_odd_widths_and_gqa_ratios() {
     // more rows than the skinny kernel takes: every step on the GEMM backend
     let model = tiny(ModelType::Qwen2, 9, |_| {});
     compare(&model, &[0; 17], 2, 2);
+}
+
+/// Logits of `prompt` then `steps` decoded alone on the model path, one per call.
+fn alone(model: &Model, prompt: &[u32], steps: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = KvCache::with_capacity(model.config().num_hidden_layers, 64);
+    let mut out = Vec::new();
+    let mut input = prompt.to_vec();
+    for next in std::iter::once(None).chain(steps.iter().map(Some)) {
+        if let Some(&id) = next {
+            input = vec![id];
+        }
+        let t = Tensor::from_vec(input.clone(), (1, input.len()), &Device::Cpu).unwrap();
+        let l = model.decode_last(&t, &mut cache).unwrap();
+        out.push(l.flatten_all().unwrap().to_vec1().unwrap());
+    }
+    out
+}
+
+#[test]
+fn slots_at_different_lengths_step_together_and_are_reused() {
+    let model = tiny(ModelType::Qwen3, 4, |_| {});
+    let vocab = model.config().vocab_size;
+    let mut s = DecodeSession::new(&model, 3, 16).unwrap();
+    let (p0, p1) = (ids(5, 1), ids(2, 2));
+    let want0 = alone(&model, &p0, &[7, 8, 9]);
+    let want1 = alone(&model, &p1, &[4, 5, 6]);
+    // prefill two slots separately (slot 2 stays empty), then step both together
+    let got = s.extend_rows(&[2], &p0, 5).unwrap().to_vec();
+    assert!(rel_diff(&got, &want0[0]) <= 1e-5);
+    let got = s.extend_rows(&[0], &p1, 2).unwrap().to_vec();
+    assert!(rel_diff(&got, &want1[0]) <= 1e-5);
+    for step in 0..3 {
+        let got = s
+            .extend_rows(&[0, 2], &[[4, 5, 6][step], [7, 8, 9][step]], 1)
+            .unwrap()
+            .to_vec();
+        assert!(rel_diff(&got[..vocab], &want1[step + 1]) <= 1e-5, "slot 0 step {step}");
+        assert!(rel_diff(&got[vocab..], &want0[step + 1]) <= 1e-5, "slot 2 step {step}");
+    }
+    assert_eq!((s.row_len(0), s.row_len(1), s.row_len(2)), (5, 0, 8));
+    // a copied slot continues like its source; a reset slot starts afresh
+    s.copy_row(2, 1).unwrap();
+    let a = s.extend_rows(&[1], &[3], 1).unwrap().to_vec();
+    let b = s.extend_rows(&[2], &[3], 1).unwrap().to_vec();
+    assert_eq!(a, b);
+    s.reset_row(0).unwrap();
+    let got = s.extend_rows(&[0], &p0, 5).unwrap().to_vec();
+    assert!(rel_diff(&got, &want0[0]) <= 1e-5);
+    assert!(s.extend_rows(&[0, 0], &[1, 2], 1).is_err(), "a row twice");
+    assert!(s.extend_rows(&[3], &[1], 1).is_err(), "no such row");
+    assert!(s.copy_row(0, 3).is_err());
 }
 
 #[test]

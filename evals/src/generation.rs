@@ -2,16 +2,16 @@
 //!
 //! Key decision: lm-eval's `generate_until` stops on *strings* (e.g. `"\ndef "`), which
 //! the core's `smelt::generate` (stop ids only) cannot express, so this is a small
-//! loop over `Model::decode` that re-decodes the new tokens after each step and cuts
+//! loop over the core's [`Decoder`] (the fast CPU decode session, or the model's decode
+//! path on other devices) that re-decodes the new tokens after each step and cuts
 //! at the earliest stop string. Sampling reuses the core's `filtered_probs`
 //! (temperature, top-p) with a per-sample seed, so every sample is reproducible.
 
 use crate::error::Result;
-use candle_core::{DType, Tensor, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use smelt::generate::{filtered_probs, GenerationConfig};
+use smelt::generate::{argmax, filtered_probs, Decoder, GenerationConfig};
 use smelt::tokenizer::Tokenizer;
-use smelt::{KvCache, Model};
+use smelt::Model;
 
 /// How to generate one sample.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,8 +37,10 @@ pub fn generate_text(
     prompt: &[u32],
     opts: &GenOptions,
 ) -> Result<String> {
-    let device = model.device();
-    let mut cache = KvCache::new(model.config().num_hidden_layers);
+    if opts.max_new_tokens == 0 {
+        return Ok(String::new());
+    }
+    let mut decoder = Decoder::new(model, 1, prompt.len() + opts.max_new_tokens)?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let sampling = GenerationConfig {
         temperature: opts.temperature,
@@ -46,14 +48,12 @@ pub fn generate_text(
         ..Default::default()
     };
     let mut new = Vec::new();
-    let mut input = Tensor::new(prompt, device)?.unsqueeze(0)?; // (1, T_prompt)
-    for _ in 0..opts.max_new_tokens {
-        let logits = model.decode(&input, &mut cache)?; // (1, T, V)
-        let last = logits.squeeze(0)?.get(input.dim(1)? - 1)?; // (V,)
+    let mut last = decoder.extend(prompt, prompt.len())?; // (V,): the last position
+    for step in 0..opts.max_new_tokens {
         let next = if opts.temperature == 0.0 {
-            last.argmax(D::Minus1)?.to_scalar::<u32>()?
+            argmax(last)
         } else {
-            let probs = filtered_probs(&last.to_dtype(DType::F32)?.to_vec1()?, &sampling);
+            let probs = filtered_probs(last, &sampling);
             let u: f64 = rng.random();
             let mut acc = 0.0;
             probs
@@ -76,7 +76,9 @@ pub fn generate_text(
                 return Ok(text[..cut].to_string());
             }
         }
-        input = Tensor::new(&[next], device)?.unsqueeze(0)?; // (1, 1)
+        if step + 1 < opts.max_new_tokens {
+            last = decoder.extend(&[next], 1)?;
+        }
     }
     let text = tokenizer.decode(&new, true)?;
     let cut = earliest_stop(&text, &opts.stop_strings).unwrap_or(text.len());

@@ -16,5 +16,5 @@ pub mod tasks;
 
 pub use reward::{Reward, WeightedRewards};
 pub use rollout::{FinishReason, Rollout};
-pub use sampler::{Completion, Request, Sampler, SamplingParams};
+pub use sampler::{Completion, Engine, Request, Sampler, SamplingParams};
 pub use smelt;

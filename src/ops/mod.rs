@@ -21,7 +21,7 @@ mod precision;
 pub mod reference;
 mod rms_norm;
 mod rope;
-pub(crate) mod skinny_gemm;
+pub mod skinny_gemm;
 mod swiglu;
 
 pub use attention::{fused_attention, reference_attention};

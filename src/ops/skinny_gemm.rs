@@ -20,7 +20,7 @@ use std::ops::Range;
 /// A row-major `(rows, ld)` f32 matrix whose disjoint column ranges several threads
 /// write at once (each output column belongs to one weight row, hence one thread).
 #[derive(Clone, Copy)]
-pub(crate) struct SharedMatrix<'a> {
+pub struct SharedMatrix<'a> {
     ptr: *mut f32,
     rows: usize,
     ld: usize,
@@ -65,7 +65,7 @@ impl<'a> SharedMatrix<'a> {
 /// `out[r][j] (+)= Σ_kk x[r][kk] · w[j][kk]` for every row `r < m` of `x` `(m, k)` and
 /// every weight row `j` in `rows` of `w` `(n, k)`; `out` is `(m, ≥ n)` and only its
 /// columns `rows` are touched. `accumulate` adds to `out` instead of overwriting it.
-pub(crate) fn matmul_wt_rows(
+pub fn matmul_wt_rows(
     x: &[f32],
     k: usize,
     w: &[f32],
@@ -87,7 +87,7 @@ pub(crate) fn matmul_wt_rows(
 }
 
 /// Whether [`matmul_wt_rows`] runs its AVX-512 kernel on this CPU.
-pub(crate) fn has_avx512() -> bool {
+pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
@@ -137,7 +137,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use super::SharedMatrix;
     use std::arch::x86_64::*;
     use std::ops::Range;
@@ -268,7 +268,7 @@ mod avx512 {
     /// Lane `i` of the result is the horizontal sum of `v[i]`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn reduce16(v: &[__m512; 16]) -> __m512 {
+    pub(crate) fn reduce16(v: &[__m512; 16]) -> __m512 {
         // pairs: per 128-bit lane [a0+a2, b0+b2, a1+a3, b1+b3]
         let p: [__m512; 8] = std::array::from_fn(|i| {
             let (a, b) = (v[2 * i], v[2 * i + 1]);
@@ -383,36 +383,3 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-mod speed_probe {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn probe() {
-        let m: usize = std::env::var("PM").ok().and_then(|v| v.parse().ok()).unwrap_or(8); let k = 576usize;
-        for n in [256usize, 1536, 49152] {
-            let reps = if n > 10000 { 10 } else { 300 };
-            let x = vec![0.01f32; m * k];
-            // many distinct matrices so the set exceeds the cache
-            let mats = if n == 256 { 1 } else { (200_000_000 / (n * k * 4)).max(1) };
-            let ws: Vec<Vec<f32>> = (0..mats).map(|i| vec![0.001 * i as f32; n * k]).collect();
-            let mut out = vec![0f32; m * n];
-            for threads in [1usize, 2] {
-                let team = crate::runtime::WorkerTeam::new(threads);
-                let t = std::time::Instant::now();
-                for r in 0..reps {
-                    let w = &ws[r % mats];
-                    let sm = SharedMatrix::new(&mut out, m, n);
-                    team.run(|wk, wn| {
-                        let units = n / 16;
-                        let s = crate::runtime::team::share(units, wk, wn);
-                        matmul_wt_rows(&x, k, w, s.start * 16..s.end * 16, sm, false);
-                    });
-                }
-                let dt = t.elapsed().as_secs_f64();
-                let gb = (reps * n * k * 4) as f64 / 1e9;
-                eprintln!("n {n} threads {threads}: {:.1} GB/s ({:.3} ms per call)", gb / dt, dt / reps as f64 * 1e3);
-            }
-        }
-    }
-}

@@ -82,9 +82,11 @@ impl WorkerTeam {
         WorkerTeam { shared, helpers }
     }
 
-    /// A team as large as candle's CPU thread count.
+    /// A team as large as the current rayon pool (the global one: every core or
+    /// `RAYON_NUM_THREADS`; inside `ThreadPool::install`, that pool's size — so a
+    /// rollout generator confined to its own pool stays within it).
     pub fn with_default_size() -> Self {
-        Self::new(candle_core::utils::get_num_threads())
+        Self::new(rayon::current_num_threads())
     }
 
     /// Number of workers (the calling thread included).

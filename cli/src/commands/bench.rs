@@ -19,6 +19,7 @@ use smelt::checkpoint;
 use smelt::ops::Precision;
 use smelt::optim::{AdamW, AdamWConfig};
 use smelt::telemetry::peak_rss_mb;
+use smelt::generate::argmax;
 use smelt::{DecodeSession, KvCache, Model};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -128,17 +129,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     println!("{json}");
     Ok(())
-}
-
-/// Index of the largest value (the first of equals, as `torch.argmax`).
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -1,16 +1,23 @@
-//! Continuous batching: the running rows, their shared left-padded KV cache, and the
-//! prefill / step / retire loop.
+//! Continuous batching: the running rows, their KV cache, and the prefill / step /
+//! retire loop, on one of two engines:
 //!
-//! Invariant: the cache holds `cache.len()` slots per row; row `r` has `row.len` real
-//! slots at the end, so its left padding is `cache.len() - row.len`. Each row also
-//! carries its last drawn token (`next_input`), not yet in the cache.
+//! - **a `DecodeSession`** (CPU, f32 weights: the fast path). Every row is a slot with
+//!   its own length: a request is prefilled into a free slot alone (a prompt repeated
+//!   back to back is prefilled once and its slot copied), each step extends every live
+//!   slot, a finished row frees its slot for the next queued request. No padding.
+//! - **the model's candle-op decode path** (other devices): one left-padded shared
+//!   `KvCache`. Invariant: the cache holds `cache.len()` slots per row; row `r` has
+//!   `row.len` real slots at the end, so its left padding is `cache.len() - row.len`.
+//!
+//! On both, each row carries its last drawn token (the end of `history`), not yet in
+//! the cache.
 
 use super::processors::{choose, Choice};
-use super::{request_seed, Completion, Request, Sampler};
+use super::{request_seed, Completion, Engine, Request, Sampler};
 use crate::rollout::FinishReason;
 use candle_core::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
-use smelt::{KvCache, Result};
+use smelt::{DecodeSession, KvCache, Result};
 
 /// One live sequence.
 struct Row {
@@ -73,8 +80,120 @@ impl Row {
     }
 }
 
-/// Runs every request to completion with at most `sampler.max_batch` rows live.
+impl Row {
+    fn new(index: usize, request: Request) -> Row {
+        Row {
+            index,
+            rng: StdRng::seed_from_u64(request_seed(request.params.seed, request.id)),
+            history: request.prompt_ids.clone(),
+            generated: Vec::new(),
+            behaviour: Vec::new(),
+            processed: Vec::new(),
+            len: request.prompt_ids.len(),
+            request,
+        }
+    }
+}
+
+/// Runs every request to completion with at most `sampler.max_batch` rows live: on a
+/// [`DecodeSession`] where the model allows one, else on the model's decode path.
 pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Completion>> {
+    let slots = sampler.max_batch.min(requests.len()).max(1);
+    let capacity = requests
+        .iter()
+        .map(|r| r.prompt_ids.len() + r.params.max_new_tokens)
+        .max()
+        .unwrap_or(1);
+    if sampler.engine == Engine::CandleOps {
+        return run_on_model(sampler, requests);
+    }
+    match DecodeSession::new(&sampler.model, slots, capacity) {
+        Ok(session) => run_in_session(sampler, requests, session),
+        Err(_) => run_on_model(sampler, requests),
+    }
+}
+
+/// The session engine (see the module doc).
+fn run_in_session(
+    sampler: &Sampler,
+    requests: Vec<Request>,
+    mut session: DecodeSession<'_>,
+) -> Result<Vec<Completion>> {
+    let vocab = sampler.model.config().vocab_size;
+    let mut done: Vec<Option<Completion>> = vec![None; requests.len()];
+    let mut queue = requests.into_iter().enumerate();
+    let mut slots: Vec<Option<Row>> = (0..session.batch()).map(|_| None).collect();
+    loop {
+        // Admit queued requests into free slots; a prompt equal to the previous one
+        // (a GRPO group) copies that slot's prefill instead of recomputing it.
+        let mut memo: Option<(usize, Vec<f32>)> = None; // slot holding the last prefill, its logits
+        let mut slot = 0;
+        while slot < slots.len() {
+            if slots[slot].is_some() {
+                slot += 1;
+                continue;
+            }
+            let Some((index, request)) = queue.next() else {
+                break;
+            };
+            let prompt = &request.prompt_ids;
+            let reuse = memo.as_ref().filter(|(src, _)| {
+                slots[*src]
+                    .as_ref()
+                    .is_some_and(|r| r.request.prompt_ids == *prompt && r.generated.len() == 1)
+            });
+            let logits = match reuse {
+                Some((src, logits)) => {
+                    let logits = logits.clone();
+                    session.copy_row(*src, slot)?;
+                    logits
+                }
+                None => {
+                    session.reset_row(slot)?;
+                    session.extend_rows(&[slot], prompt, prompt.len())?.to_vec()
+                }
+            };
+            let mut row = Row::new(index, request);
+            let c = choose(&logits, &row.history, &row.request.params, &mut row.rng);
+            match row.push(sampler, c)? {
+                // finished at once: the slot stays free for the next request
+                Some(completion) => done[index] = Some(completion),
+                None => {
+                    slots[slot] = Some(row);
+                    memo = Some((slot, logits));
+                    slot += 1;
+                }
+            }
+        }
+        let live: Vec<usize> = (0..slots.len()).filter(|&s| slots[s].is_some()).collect();
+        if live.is_empty() {
+            break; // nothing live, so nothing was left to admit
+        }
+
+        // One decode step for every live row.
+        let inputs: Vec<u32> = live
+            .iter()
+            .map(|&s| slots[s].as_ref().and_then(|r| r.history.last().copied()).unwrap_or(0))
+            .collect();
+        let logits = session.extend_rows(&live, &inputs, 1)?; // (live, V)
+        for (i, &s) in live.iter().enumerate() {
+            let Some(row) = slots[s].as_mut() else {
+                continue;
+            };
+            row.len += 1;
+            let row_logits = &logits[i * vocab..(i + 1) * vocab];
+            let choice = choose(row_logits, &row.history, &row.request.params, &mut row.rng);
+            if let Some(completion) = row.push(sampler, choice)? {
+                done[row.index] = Some(completion);
+                slots[s] = None;
+            }
+        }
+    }
+    Ok(done.into_iter().flatten().collect())
+}
+
+/// The candle-op engine with a left-padded shared cache (see the module doc).
+fn run_on_model(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Completion>> {
     let model = &sampler.model;
     let device = model.device();
     let num_layers = model.config().num_hidden_layers;
@@ -110,16 +229,7 @@ pub(super) fn run(sampler: &Sampler, requests: Vec<Request>) -> Result<Vec<Compl
                     (last, at)
                 }
             };
-            let mut row = Row {
-                index,
-                rng: StdRng::seed_from_u64(request_seed(request.params.seed, request.id)),
-                history: request.prompt_ids.clone(),
-                generated: Vec::new(),
-                behaviour: Vec::new(),
-                processed: Vec::new(),
-                len: request.prompt_ids.len(),
-                request,
-            };
+            let mut row = Row::new(index, request);
             let c = choose(&last, &row.history, &row.request.params, &mut row.rng);
             match row.push(sampler, c)? {
                 Some(completion) => done[index] = Some(completion),

@@ -149,6 +149,17 @@ pub struct Sampler {
     model: Model,
     tokenizer: Tokenizer,
     max_batch: usize,
+    engine: Engine,
+}
+
+/// Which decode path a [`Sampler`] runs (the same completions to float rounding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// A `DecodeSession` where the model allows one (CPU, f32), else the candle ops.
+    #[default]
+    Auto,
+    /// Always the model's candle-op decode path with a left-padded `KvCache`.
+    CandleOps,
 }
 
 impl Sampler {
@@ -161,7 +172,14 @@ impl Sampler {
             model: model.clone(),
             tokenizer: tokenizer.clone(),
             max_batch,
+            engine: Engine::Auto,
         })
+    }
+
+    /// The same sampler on decode path `engine` (default [`Engine::Auto`]).
+    pub fn with_engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// The model it samples from.

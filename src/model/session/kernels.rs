@@ -256,6 +256,8 @@ pub(super) fn attend(
     let d = cache.head_dim;
     let group = cache.heads / cache.kv_heads;
     let slot = |s: usize| ((b * cache.capacity + s) * cache.kv_heads + g) * d;
+    #[cfg(target_arch = "x86_64")]
+    let wide = avx512::supports(d) && crate::ops::skinny_gemm::has_avx512();
     for (j, h) in (g * group..(g + 1) * group).enumerate() {
         let o = &mut out[j * d..(j + 1) * d];
         o.fill(0.0);
@@ -264,6 +266,18 @@ pub(super) fn attend(
         }
         let qh = &q[h * d..(h + 1) * d];
         let sc = &mut scores[first..=last];
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: AVX-512F is present and the loops take d; the
+            // slots first..=last of row b, group g lie inside the cache (capacity-checked
+            // by the session).
+            unsafe {
+                avx512::scores(cache.keys, slot(first), cache.kv_heads * d, qh, scale, sc);
+                let sum = f32::exp_shifted(sc, f32::max_of(sc));
+                avx512::weighted_sum(cache.values, slot(first), cache.kv_heads * d, sc, 1.0 / sum, o);
+            }
+            continue;
+        }
         for (s, v) in (first..=last).zip(sc.iter_mut()) {
             *v = dot(qh, &cache.keys[slot(s)..slot(s) + d]) * scale;
         }
@@ -272,6 +286,104 @@ pub(super) fn attend(
         let inv = 1.0 / sum;
         for (s, &p) in (first..=last).zip(sc.iter()) {
             axpy(p * inv, &cache.values[slot(s)..slot(s) + d], o);
+        }
+    }
+}
+
+/// The attention loops in AVX-512 lanes: 16 keys' dot products reduced in one shuffle
+/// tree, and the weighted sum of values kept in registers. Monomorphised per head
+/// dimension (`C` chunks of 16) so the loops unroll and the query stays in registers.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use crate::ops::skinny_gemm::avx512::reduce16;
+    use std::arch::x86_64::*;
+
+    /// Whether these loops take a head dimension of `d`.
+    pub fn supports(d: usize) -> bool {
+        matches!(d, 16 | 32 | 64 | 128)
+    }
+
+    /// `scores[t] = scale · q · keys[at + t·stride ..][..d]` for every `t`.
+    ///
+    /// # Safety
+    /// AVX-512F; `supports(q.len())`; every key in bounds.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(keys: &[f32], at: usize, stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+        assert!(out.is_empty() || at + (out.len() - 1) * stride + q.len() <= keys.len());
+        match q.len() / 16 {
+            1 => scores_c::<1>(keys.as_ptr().add(at), stride, q, scale, out),
+            2 => scores_c::<2>(keys.as_ptr().add(at), stride, q, scale, out),
+            4 => scores_c::<4>(keys.as_ptr().add(at), stride, q, scale, out),
+            8 => scores_c::<8>(keys.as_ptr().add(at), stride, q, scale, out),
+            _ => unreachable!("checked by supports()"),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn dot_c<const C: usize>(q: &[__m512; C], k: *const f32) -> __m512 {
+        let mut acc = _mm512_mul_ps(q[0], _mm512_loadu_ps(k));
+        let mut c = 1;
+        while c < C {
+            acc = _mm512_fmadd_ps(q[c], _mm512_loadu_ps(k.add(16 * c)), acc);
+            c += 1;
+        }
+        acc
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_c<const C: usize>(kp: *const f32, stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+        let mut qv = [_mm512_setzero_ps(); C];
+        for (c, v) in qv.iter_mut().enumerate() {
+            *v = _mm512_loadu_ps(q.as_ptr().add(16 * c));
+        }
+        let n = out.len();
+        let scale_v = _mm512_set1_ps(scale);
+        let mut t = 0;
+        while t + 16 <= n {
+            let mut v = [_mm512_setzero_ps(); 16];
+            for (i, vi) in v.iter_mut().enumerate() {
+                *vi = dot_c::<C>(&qv, kp.add((t + i) * stride));
+            }
+            _mm512_storeu_ps(out.as_mut_ptr().add(t), _mm512_mul_ps(reduce16(&v), scale_v));
+            t += 16;
+        }
+        while t < n {
+            out[t] = _mm512_reduce_add_ps(dot_c::<C>(&qv, kp.add(t * stride))) * scale;
+            t += 1;
+        }
+    }
+
+    /// `out = inv · Σ_t p[t] · values[at + t·stride ..][..d]`.
+    ///
+    /// # Safety
+    /// As [`scores`], with `d = out.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_sum(values: &[f32], at: usize, stride: usize, p: &[f32], inv: f32, out: &mut [f32]) {
+        assert!(p.is_empty() || at + (p.len() - 1) * stride + out.len() <= values.len());
+        let vp = values.as_ptr().add(at);
+        match out.len() / 16 {
+            1 => weighted_sum_c::<1>(vp, stride, p, inv, out),
+            2 => weighted_sum_c::<2>(vp, stride, p, inv, out),
+            4 => weighted_sum_c::<4>(vp, stride, p, inv, out),
+            8 => weighted_sum_c::<8>(vp, stride, p, inv, out),
+            _ => unreachable!("checked by supports()"),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weighted_sum_c<const C: usize>(vp: *const f32, stride: usize, p: &[f32], inv: f32, out: &mut [f32]) {
+        let mut acc = [_mm512_setzero_ps(); C];
+        for (t, &pt) in p.iter().enumerate() {
+            let w = _mm512_set1_ps(pt);
+            let row = vp.add(t * stride);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(row.add(16 * c)), *a);
+            }
+        }
+        let inv = _mm512_set1_ps(inv);
+        for (c, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(*a, inv));
         }
     }
 }

@@ -18,7 +18,11 @@
 //!
 //! Key decision: the cache is `(B, capacity, KV, D)` per layer, allocated once for the
 //! session's capacity (prompt + new tokens); the session refuses to grow past it
-//! rather than re-allocate mid-generation.
+//! rather than re-allocate mid-generation. Each row is a slot with its own length, so
+//! a call may extend any subset of rows ([`DecodeSession::extend_rows`]): a prompt is
+//! prefilled into a free slot alone, rows at different lengths step together without
+//! padding, and a finished row's slot is reused ([`DecodeSession::reset_row`]) —
+//! continuous batching without moving any cached key.
 
 mod kernels;
 mod weights;
@@ -37,8 +41,8 @@ pub struct DecodeSession<'m> {
     /// Leading padding slots of each row (never attended; positions start after them).
     left_pad: Vec<usize>,
     capacity: usize,
-    /// Slots filled per row.
-    len: usize,
+    /// Slots filled in each row (padding included).
+    lens: Vec<usize>,
     /// Per layer `(B, capacity, KV, D)`.
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
@@ -94,7 +98,7 @@ impl<'m> DecodeSession<'m> {
             model,
             team,
             capacity,
-            len: 0,
+            lens: vec![0; left_pad.len()],
             keys: vec![vec![0f32; layer_len]; c.num_hidden_layers],
             values: vec![vec![0f32; layer_len]; c.num_hidden_layers],
             scratch: Scratch::default(),
@@ -104,19 +108,19 @@ impl<'m> DecodeSession<'m> {
         })
     }
 
-    /// Number of rows.
+    /// Number of rows (slots).
     pub fn batch(&self) -> usize {
         self.left_pad.len()
     }
 
-    /// Slots filled per row (padding included).
-    pub fn len(&self) -> usize {
-        self.len
+    /// Slots filled in row `row` (padding included).
+    pub fn row_len(&self, row: usize) -> usize {
+        self.lens[row]
     }
 
-    /// True before the first call.
+    /// True while no row holds a token.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.lens.iter().all(|&l| l == 0)
     }
 
     /// Slots each row can hold.
@@ -124,21 +128,81 @@ impl<'m> DecodeSession<'m> {
         self.capacity
     }
 
-    /// Appends `ids` `(B, t_new)` row-major (a prompt, or one token per row) and
-    /// returns each row's logits at its last new position, `(B, V)` row-major.
-    pub fn extend(&mut self, ids: &[u32], t_new: usize) -> Result<&[f32]> {
-        let (b, c) = (self.batch(), self.model.config().clone());
-        if t_new == 0 || ids.len() != b * t_new {
+    /// Empties row `row` (no padding), making its slot free for a new sequence.
+    pub fn reset_row(&mut self, row: usize) -> Result<()> {
+        self.check_row(row)?;
+        self.lens[row] = 0;
+        self.left_pad[row] = 0;
+        Ok(())
+    }
+
+    /// Makes row `dst` a copy of row `src` (its cached keys, values and padding): a
+    /// prompt prefilled once serves several samples (a GRPO group).
+    pub fn copy_row(&mut self, src: usize, dst: usize) -> Result<()> {
+        self.check_row(src)?;
+        self.check_row(dst)?;
+        if src == dst {
+            return Ok(());
+        }
+        let row = self.capacity * self.model.config().num_key_value_heads * self.model.config().head_dim;
+        let filled = self.lens[src] * row / self.capacity;
+        for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            buf.copy_within(src * row..src * row + filled, dst * row);
+        }
+        self.lens[dst] = self.lens[src];
+        self.left_pad[dst] = self.left_pad[src];
+        Ok(())
+    }
+
+    fn check_row(&self, row: usize) -> Result<()> {
+        if row >= self.batch() {
             return Err(Error::Invalid(format!(
-                "DecodeSession::extend: {} ids for {b} rows × {t_new} tokens",
+                "DecodeSession: row {row} out of range for {} rows",
+                self.batch()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends `ids` `(B, t_new)` row-major to every row (a prompt, or one token per
+    /// row) and returns each row's logits at its last new position, `(B, V)` row-major.
+    pub fn extend(&mut self, ids: &[u32], t_new: usize) -> Result<&[f32]> {
+        let rows: Vec<usize> = (0..self.batch()).collect();
+        self.extend_rows(&rows, ids, t_new)
+    }
+
+    /// Appends `ids` `(rows.len(), t_new)` row-major to the rows `rows` (distinct slot
+    /// indices, each at its own length) and returns their logits at their last new
+    /// position, `(rows.len(), V)` row-major in the order of `rows`.
+    pub fn extend_rows(&mut self, rows: &[usize], ids: &[u32], t_new: usize) -> Result<&[f32]> {
+        let c = self.model.config().clone();
+        let n = rows.len();
+        if t_new == 0 || n == 0 || ids.len() != n * t_new {
+            return Err(Error::Invalid(format!(
+                "DecodeSession::extend: {} ids for {n} rows × {t_new} tokens",
                 ids.len()
             )));
         }
-        if self.len + t_new > self.capacity {
-            return Err(Error::Invalid(format!(
-                "DecodeSession::extend: {} + {t_new} tokens exceed the capacity {}",
-                self.len, self.capacity
-            )));
+        for (i, &row) in rows.iter().enumerate() {
+            self.check_row(row)?;
+            if rows[..i].contains(&row) {
+                return Err(Error::Invalid(format!(
+                    "DecodeSession::extend: row {row} listed twice"
+                )));
+            }
+            if self.lens[row] + t_new > self.capacity {
+                return Err(Error::Invalid(format!(
+                    "DecodeSession::extend: row {row} holds {} tokens, {t_new} more exceed the capacity {}",
+                    self.lens[row], self.capacity
+                )));
+            }
+            let pad = self.left_pad[row];
+            if pad >= self.lens[row] + t_new {
+                return Err(Error::Invalid(format!(
+                    "DecodeSession::extend: row {row}'s padding {pad} leaves no real token in {} slots",
+                    self.lens[row] + t_new
+                )));
+            }
         }
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
             return Err(Error::Invalid(format!(
@@ -146,32 +210,22 @@ impl<'m> DecodeSession<'m> {
                 c.vocab_size
             )));
         }
-        if let Some((r, &p)) = self
-            .left_pad
-            .iter()
-            .enumerate()
-            .find(|&(_, &p)| p >= self.len + t_new)
-        {
-            return Err(Error::Invalid(format!(
-                "DecodeSession::extend: row {r}'s padding {p} leaves no real token in {} slots",
-                self.len + t_new
-            )));
-        }
         let guards = weights::Guards::lock(self.model);
         let w = guards.weights(self.model)?;
-        let rows = b * t_new;
-        self.scratch.reserve(rows, &c);
-        self.embed_and_rotations(&w, ids, t_new);
+        self.scratch.reserve(n * t_new, &c);
+        self.embed_and_rotations(&w, rows, ids, t_new);
         for l in 0..c.num_hidden_layers {
-            self.layer(&w, l, t_new)?;
+            self.layer(&w, l, rows, t_new)?;
         }
-        self.len += t_new;
-        self.head(&w, t_new)?;
-        Ok(&self.logits)
+        for &row in rows {
+            self.lens[row] += t_new;
+        }
+        self.head(&w, n, t_new)?;
+        Ok(&self.logits[..n * c.vocab_size])
     }
 
     /// Embedding rows and the rotary cosines/sines of every new position.
-    fn embed_and_rotations(&mut self, w: &weights::Weights<'_>, ids: &[u32], t_new: usize) {
+    fn embed_and_rotations(&mut self, w: &weights::Weights<'_>, rows: &[usize], ids: &[u32], t_new: usize) {
         let h = self.model.config().hidden_size;
         let s = &mut self.scratch;
         for (r, &id) in ids.iter().enumerate() {
@@ -180,10 +234,11 @@ impl<'m> DecodeSession<'m> {
         }
         let inv_freq = &self.model.inv_freq;
         let half = inv_freq.len();
-        for (b, &pad) in self.left_pad.iter().enumerate() {
+        for (i, &row) in rows.iter().enumerate() {
+            let pad = self.left_pad[row];
             for t in 0..t_new {
-                let r = b * t_new + t;
-                let p = (self.len + t).saturating_sub(pad) as f32;
+                let r = i * t_new + t;
+                let p = (self.lens[row] + t).saturating_sub(pad) as f32;
                 for (i, &f) in inv_freq.iter().enumerate() {
                     let angle = p * f;
                     s.cos[r * half + i] = angle.cos();
@@ -193,8 +248,8 @@ impl<'m> DecodeSession<'m> {
         }
     }
 
-    /// Decoder layer `l` on `scratch.x` `(B·t_new, H)`, in place.
-    fn layer(&mut self, w: &weights::Weights<'_>, l: usize, t_new: usize) -> Result<()> {
+    /// Decoder layer `l` on `scratch.x` `(rows·t_new, H)`, in place.
+    fn layer(&mut self, w: &weights::Weights<'_>, l: usize, slots: &[usize], t_new: usize) -> Result<()> {
         let c = self.model.config();
         let (h, d, nq, nkv) = (
             c.hidden_size,
@@ -204,8 +259,7 @@ impl<'m> DecodeSession<'m> {
         );
         let eps = c.rms_norm_eps;
         let lw = &w.layers[l];
-        let b = self.batch();
-        let rows = b * t_new;
+        let rows = slots.len() * t_new;
         let team = &self.team;
         let s = &mut self.scratch;
 
@@ -239,8 +293,8 @@ impl<'m> DecodeSession<'m> {
                 kernels::rope_heads(q, d, cos, sin);
                 kernels::rope_heads(k, d, cos, sin);
             }
-            let (row, t) = (r / t_new, r % t_new);
-            let at = (row * self.capacity + self.len + t) * nkv * d;
+            let (slot, t) = (slots[r / t_new], r % t_new);
+            let at = (slot * self.capacity + self.lens[slot] + t) * nkv * d;
             keys[at..at + nkv * d].copy_from_slice(k);
             values[at..at + nkv * d].copy_from_slice(&s.v[r * nkv * d..(r + 1) * nkv * d]);
         }
@@ -254,21 +308,21 @@ impl<'m> DecodeSession<'m> {
             head_dim: d,
         };
         let (q, attn) = (&s.q, crate::ops::skinny_gemm::SharedMatrix::new(&mut s.attn, rows, nq * d));
-        let (scores, left_pad, len) = (&self.scores, &self.left_pad, self.len);
+        let (scores, left_pad, lens) = (&self.scores, &self.left_pad, &self.lens);
         let scale = 1.0 / (d as f32).sqrt();
         let group = nq / nkv;
         team.run(|worker, workers| {
             let mut sc = scores[worker].lock().unwrap_or_else(|e| e.into_inner());
             for task in crate::runtime::team::share(rows * nkv, worker, workers) {
                 let (r, g) = (task / nkv, task % nkv);
-                let (row, t) = (r / t_new, r % t_new);
+                let (slot, t) = (slots[r / t_new], r % t_new);
                 // SAFETY: group g's head columns of row r belong to this task alone.
                 let out = unsafe { attn.cols_mut(r, g * group * d..(g + 1) * group * d) };
                 kernels::attend(
                     cache,
-                    row,
+                    slot,
                     g,
-                    (left_pad[row], len + t),
+                    (left_pad[slot], lens[slot] + t),
                     &q[r * nq * d..(r + 1) * nq * d],
                     scale,
                     &mut sc,
@@ -306,10 +360,10 @@ impl<'m> DecodeSession<'m> {
         Ok(())
     }
 
-    /// Final norm and `lm_head` on each row's last new position → `self.logits`.
-    fn head(&mut self, w: &weights::Weights<'_>, t_new: usize) -> Result<()> {
+    /// Final norm and `lm_head` on each of the `b` rows' last new position → `self.logits`.
+    fn head(&mut self, w: &weights::Weights<'_>, b: usize, t_new: usize) -> Result<()> {
         let c = self.model.config();
-        let (h, b) = (c.hidden_size, self.batch());
+        let h = c.hidden_size;
         let s = &mut self.scratch;
         for row in 0..b {
             let r = row * t_new + t_new - 1;
