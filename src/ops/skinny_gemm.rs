@@ -185,9 +185,10 @@ pub(crate) mod avx512 {
     }
 
     /// Blocks of 4 weight rows between the block being multiplied and the one being
-    /// prefetched: the hardware prefetcher alone left ~30 % of the memory bandwidth
-    /// unused at m = 8 (measured: 15.8 → 21.2 GB/s on two threads; 1–6 blocks ahead
-    /// all within noise of each other).
+    /// prefetched (into L2: `T1` beat `T0` by ~6 % on a decode step, `NTA` halved its
+    /// speed): the hardware prefetcher alone left ~30 % of the memory bandwidth unused
+    /// at m = 8 (measured: 15.8 → 21.2 GB/s on two threads; 1–8 blocks ahead all
+    /// within noise of each other).
     const PREFETCH_BLOCKS: usize = 2;
 
     /// The first of the 4 weight rows to prefetch while rows `j..j+4` are multiplied,
@@ -223,7 +224,7 @@ pub(crate) mod avx512 {
             if let Some(a) = ahead {
                 for i in 0..4 {
                     // SAFETY: prefetching is a hint; the address is inside `w`.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(wp.add((a + i) * k + kk) as *const i8) };
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(wp.add((a + i) * k + kk) as *const i8) };
                 }
             }
             let wv: [__m512; 4] =
