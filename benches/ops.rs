@@ -454,7 +454,9 @@ mod decode {
     #[divan::bench(sample_count = 10)]
     fn session_step_b8_after_32(b: Bencher) {
         let model = smollm2_shaped();
-        let prompt: Vec<u32> = (0..ROWS as u32 * 32).map(|i| i * 7 % VOCAB as u32).collect();
+        let prompt: Vec<u32> = (0..ROWS as u32 * 32)
+            .map(|i| i * 7 % VOCAB as u32)
+            .collect();
         b.with_inputs(|| {
             let mut s = DecodeSession::new(&model, ROWS, 40).unwrap();
             s.extend(&prompt, 32).unwrap();

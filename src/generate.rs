@@ -69,7 +69,7 @@ pub struct Generation {
 #[derive(Debug)]
 pub enum Decoder<'m> {
     /// The fast CPU path.
-    Session(DecodeSession<'m>),
+    Session(Box<DecodeSession<'m>>),
     /// The candle-op path: the model, its cache, the rows and the last logits `(B, V)`.
     Model {
         /// The model decoded.
@@ -87,7 +87,7 @@ impl<'m> Decoder<'m> {
     /// A decoder for `batch` rows of up to `capacity` tokens (prompt + new tokens).
     pub fn new(model: &'m Model, batch: usize, capacity: usize) -> Result<Self> {
         match DecodeSession::new(model, batch, capacity) {
-            Ok(session) => Ok(Decoder::Session(session)),
+            Ok(session) => Ok(Decoder::Session(Box::new(session))),
             Err(_) if batch > 0 => Ok(Decoder::Model {
                 model,
                 cache: KvCache::with_capacity(model.config().num_hidden_layers, capacity),

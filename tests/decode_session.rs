@@ -30,10 +30,7 @@ fn ids(n: usize, salt: u32) -> Vec<u32> {
 /// Max |a − b| over max |b|.
 fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter()
-        .zip(b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 /// Prompt of `t` tokens per row, then `steps` single tokens: the session's logits
@@ -135,8 +132,14 @@ fn slots_at_different_lengths_step_together_and_are_reused() {
             .extend_rows(&[0, 2], &[[4, 5, 6][step], [7, 8, 9][step]], 1)
             .unwrap()
             .to_vec();
-        assert!(rel_diff(&got[..vocab], &want1[step + 1]) <= 1e-5, "slot 0 step {step}");
-        assert!(rel_diff(&got[vocab..], &want0[step + 1]) <= 1e-5, "slot 2 step {step}");
+        assert!(
+            rel_diff(&got[..vocab], &want1[step + 1]) <= 1e-5,
+            "slot 0 step {step}"
+        );
+        assert!(
+            rel_diff(&got[vocab..], &want0[step + 1]) <= 1e-5,
+            "slot 2 step {step}"
+        );
     }
     assert_eq!((s.row_len(0), s.row_len(1), s.row_len(2)), (5, 0, 8));
     // a copied slot continues like its source; a reset slot starts afresh
@@ -162,10 +165,13 @@ fn bad_calls_are_errors_not_panics() {
     assert!(s.extend(&[1, 2, 3, 4], 2).is_err(), "past the capacity");
     s.extend(&[1, 2], 1).unwrap();
     assert!(DecodeSession::new(&model, 0, 4).is_err());
-    assert!(DecodeSession::left_padded(&model, vec![3], 8)
-        .unwrap()
-        .extend(&[1, 2], 2)
-        .is_err(), "padding covers every slot");
+    assert!(
+        DecodeSession::left_padded(&model, vec![3], 8)
+            .unwrap()
+            .extend(&[1, 2], 2)
+            .is_err(),
+        "padding covers every slot"
+    );
 }
 
 /// The real SmolLM2-135M: a batch of 4 greedy continuations equal the model path's

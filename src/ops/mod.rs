@@ -24,8 +24,8 @@ mod rope;
 pub mod skinny_gemm;
 mod swiglu;
 
-pub use attention::{fused_attention, reference_attention};
 pub(crate) use attention::Float;
+pub use attention::{fused_attention, reference_attention};
 pub use linear::{composed_autocast_linear, fused_linear};
 pub use linear_cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_sum, LinearCrossEntropy, DEFAULT_VOCAB_CHUNK,
@@ -36,5 +36,5 @@ pub use reference::{
 };
 pub use rms_norm::fused_rms_norm;
 pub use rope::fused_rope;
-pub use swiglu::fused_swiglu;
 pub(crate) use swiglu::forward_f32 as swiglu_forward_f32;
+pub use swiglu::fused_swiglu;

@@ -58,7 +58,9 @@ impl<'a> SharedMatrix<'a> {
     pub unsafe fn cols_mut(&self, r: usize, cols: Range<usize>) -> &'a mut [f32] {
         assert!(r < self.rows && cols.start <= cols.end && cols.end <= self.ld);
         // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.ld + cols.start), cols.len()) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add(r * self.ld + cols.start), cols.len())
+        }
     }
 }
 
@@ -75,8 +77,14 @@ pub fn matmul_wt_rows(
 ) {
     let m = out.rows();
     assert!(x.len() >= m * k, "matmul_wt_rows: x is shorter than (m, k)");
-    assert!(w.len() >= rows.end * k, "matmul_wt_rows: w is shorter than its rows");
-    assert!(rows.end <= out.ld, "matmul_wt_rows: out has fewer columns than rows");
+    assert!(
+        w.len() >= rows.end * k,
+        "matmul_wt_rows: w is shorter than its rows"
+    );
+    assert!(
+        rows.end <= out.ld,
+        "matmul_wt_rows: out has fewer columns than rows"
+    );
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         // SAFETY: the CPU has AVX-512F; bounds asserted above; `out` columns `rows`
@@ -159,7 +167,11 @@ pub(crate) mod avx512 {
             while r < m {
                 let take = (m - r).min(4);
                 // the first pass over these weight rows prefetches the rows ahead
-                let ahead = if r == 0 { prefetch_rows(&rows, j) } else { None };
+                let ahead = if r == 0 {
+                    prefetch_rows(&rows, j)
+                } else {
+                    None
+                };
                 // SAFETY: forwarded contract; rows j..j+4 and r..r+take are in bounds.
                 unsafe {
                     match take {
@@ -358,7 +370,11 @@ mod tests {
         }
         let want = naive(&x, m, k, &w, n);
         for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
-            let want = if accumulate { want + start[i] as f64 } else { want };
+            let want = if accumulate {
+                want + start[i] as f64
+            } else {
+                want
+            };
             assert!(
                 (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(),
                 "m {m} k {k} n {n} at {i}: {got} vs {want}"
@@ -383,4 +399,3 @@ mod tests {
         }
     }
 }
-

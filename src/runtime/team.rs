@@ -155,7 +155,7 @@ impl Drop for WorkerTeam {
 /// its core with the thread it waits for (an oversubscribed machine) lets it run.
 fn spin_or_yield(spins: &mut u32) {
     *spins = spins.wrapping_add(1);
-    if *spins % 64 == 0 {
+    if spins.is_multiple_of(64) {
         std::thread::yield_now();
     } else {
         std::hint::spin_loop();
@@ -176,7 +176,7 @@ fn helper_loop(shared: &Shared, index: usize) {
                 return;
             }
             spin_or_yield(&mut spins);
-            if spins % 256 == 0 && Instant::now() > park_after {
+            if spins.is_multiple_of(256) && Instant::now() > park_after {
                 // `run` unparks after bumping the epoch, so a wake-up is never lost;
                 // the timeout only bounds a missed shutdown.
                 std::thread::park_timeout(Duration::from_millis(50));

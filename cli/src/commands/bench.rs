@@ -16,10 +16,10 @@
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, D};
 use smelt::checkpoint;
+use smelt::generate::argmax;
 use smelt::ops::Precision;
 use smelt::optim::{AdamW, AdamWConfig};
 use smelt::telemetry::peak_rss_mb;
-use smelt::generate::argmax;
 use smelt::{DecodeSession, KvCache, Model};
 use std::path::PathBuf;
 use std::time::Instant;

@@ -173,7 +173,12 @@ fn run_in_session(
         // One decode step for every live row.
         let inputs: Vec<u32> = live
             .iter()
-            .map(|&s| slots[s].as_ref().and_then(|r| r.history.last().copied()).unwrap_or(0))
+            .map(|&s| {
+                slots[s]
+                    .as_ref()
+                    .and_then(|r| r.history.last().copied())
+                    .unwrap_or(0)
+            })
             .collect();
         let logits = session.extend_rows(&live, &inputs, 1)?; // (live, V)
         for (i, &s) in live.iter().enumerate() {

@@ -2,16 +2,20 @@
 //! log-probabilities out.
 //!
 //! Key decisions:
-//! - **Left-padded shared KV cache.** Each request is prefilled alone (`Model::decode`
-//!   on its own cache), then joins the running batch by left-padding
-//!   (`KvCache::cat_left_padded`); every step decodes one token for every row with
-//!   `Model::decode_left_padded`, which masks each row's padding and numbers positions
-//!   from the row's first real token. Finished rows leave (`KvCache::select_rows`) and
-//!   queued requests take their place (continuous batching); padding every row shares
-//!   is trimmed, so the cache is as long as the longest live row. Each cache is
-//!   preallocated for prompt + `max_new_tokens` and written in place; only the last
-//!   position's logits are computed (`Model::decode_last`,
-//!   `Model::decode_left_padded_last`) and each row's `(V,)` logits are read once.
+//! - **Two engines, one behaviour** ([`Engine`]). On the CPU (f32 weights) rows
+//!   decode in a `smelt::DecodeSession`: each row is a KV slot with its own length; a
+//!   request is prefilled into a free slot alone, a prompt equal to the previous one
+//!   (a GRPO group's) copies that slot instead of recomputing it, every step extends
+//!   all live slots at their own positions (no padding), and a finished row frees its
+//!   slot for the next queued request (continuous batching). Elsewhere the model's
+//!   candle-op path runs it with a **left-padded shared KV cache**: each request is
+//!   prefilled alone (`Model::decode` on its own cache), then joins the running batch
+//!   by left-padding (`KvCache::cat_left_padded`); every step decodes one token for
+//!   every row with `Model::decode_left_padded`, which masks each row's padding and
+//!   numbers positions from the row's first real token; finished rows leave
+//!   (`KvCache::select_rows`) and padding every row shares is trimmed. Both
+//!   preallocate prompt + `max_new_tokens`, compute only the last position's logits
+//!   and read each row's `(V,)` logits once.
 //! - **Per-request RNG** seeded from `(params.seed, request id)`, one draw per token,
 //!   and host-side filtering one row at a time ([`processors`]): a request's output does
 //!   not depend on which other requests share its batch (up to float rounding of the

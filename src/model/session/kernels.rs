@@ -77,7 +77,9 @@ pub(super) fn linear(
     parts: &mut [LinearPart<'_>],
 ) -> Result<()> {
     if rows <= SKINNY_ROWS {
-        let shared: Vec<(&[f32], usize, SharedMatrix<'_>, bool, Option<&[f32]>)> = parts
+        // (weight, its rows, output, accumulate, bias) per part
+        type Shared<'a> = (&'a [f32], usize, SharedMatrix<'a>, bool, Option<&'a [f32]>);
+        let shared: Vec<Shared<'_>> = parts
             .iter_mut()
             .map(|p| {
                 let n = p.w.len() / k;
@@ -105,7 +107,9 @@ pub(super) fn linear(
                         for r in 0..rows {
                             // SAFETY: these columns belong to this worker's share.
                             let o = unsafe { out.cols_mut(r, cols.clone()) };
-                            o.iter_mut().zip(&b[cols.clone()]).for_each(|(o, b)| *o += b);
+                            o.iter_mut()
+                                .zip(&b[cols.clone()])
+                                .for_each(|(o, b)| *o += b);
                         }
                     }
                 }
@@ -274,7 +278,14 @@ pub(super) fn attend(
             unsafe {
                 avx512::scores(cache.keys, slot(first), cache.kv_heads * d, qh, scale, sc);
                 let sum = f32::exp_shifted(sc, f32::max_of(sc));
-                avx512::weighted_sum(cache.values, slot(first), cache.kv_heads * d, sc, 1.0 / sum, o);
+                avx512::weighted_sum(
+                    cache.values,
+                    slot(first),
+                    cache.kv_heads * d,
+                    sc,
+                    1.0 / sum,
+                    o,
+                );
             }
             continue;
         }
@@ -308,7 +319,14 @@ mod avx512 {
     /// # Safety
     /// AVX-512F; `supports(q.len())`; every key in bounds.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores(keys: &[f32], at: usize, stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+    pub unsafe fn scores(
+        keys: &[f32],
+        at: usize,
+        stride: usize,
+        q: &[f32],
+        scale: f32,
+        out: &mut [f32],
+    ) {
         assert!(out.is_empty() || at + (out.len() - 1) * stride + q.len() <= keys.len());
         match q.len() / 16 {
             1 => scores_c::<1>(keys.as_ptr().add(at), stride, q, scale, out),
@@ -332,7 +350,13 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_c<const C: usize>(kp: *const f32, stride: usize, q: &[f32], scale: f32, out: &mut [f32]) {
+    unsafe fn scores_c<const C: usize>(
+        kp: *const f32,
+        stride: usize,
+        q: &[f32],
+        scale: f32,
+        out: &mut [f32],
+    ) {
         let mut qv = [_mm512_setzero_ps(); C];
         for (c, v) in qv.iter_mut().enumerate() {
             *v = _mm512_loadu_ps(q.as_ptr().add(16 * c));
@@ -345,7 +369,10 @@ mod avx512 {
             for (i, vi) in v.iter_mut().enumerate() {
                 *vi = dot_c::<C>(&qv, kp.add((t + i) * stride));
             }
-            _mm512_storeu_ps(out.as_mut_ptr().add(t), _mm512_mul_ps(reduce16(&v), scale_v));
+            _mm512_storeu_ps(
+                out.as_mut_ptr().add(t),
+                _mm512_mul_ps(reduce16(&v), scale_v),
+            );
             t += 16;
         }
         while t < n {
@@ -359,7 +386,14 @@ mod avx512 {
     /// # Safety
     /// As [`scores`], with `d = out.len()`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn weighted_sum(values: &[f32], at: usize, stride: usize, p: &[f32], inv: f32, out: &mut [f32]) {
+    pub unsafe fn weighted_sum(
+        values: &[f32],
+        at: usize,
+        stride: usize,
+        p: &[f32],
+        inv: f32,
+        out: &mut [f32],
+    ) {
         assert!(p.is_empty() || at + (p.len() - 1) * stride + out.len() <= values.len());
         let vp = values.as_ptr().add(at);
         match out.len() / 16 {
@@ -372,7 +406,13 @@ mod avx512 {
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn weighted_sum_c<const C: usize>(vp: *const f32, stride: usize, p: &[f32], inv: f32, out: &mut [f32]) {
+    unsafe fn weighted_sum_c<const C: usize>(
+        vp: *const f32,
+        stride: usize,
+        p: &[f32],
+        inv: f32,
+        out: &mut [f32],
+    ) {
         let mut acc = [_mm512_setzero_ps(); C];
         for (t, &pt) in p.iter().enumerate() {
             let w = _mm512_set1_ps(pt);

@@ -144,7 +144,8 @@ impl<'m> DecodeSession<'m> {
         if src == dst {
             return Ok(());
         }
-        let row = self.capacity * self.model.config().num_key_value_heads * self.model.config().head_dim;
+        let row =
+            self.capacity * self.model.config().num_key_value_heads * self.model.config().head_dim;
         let filled = self.lens[src] * row / self.capacity;
         for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
             buf.copy_within(src * row..src * row + filled, dst * row);
@@ -225,7 +226,13 @@ impl<'m> DecodeSession<'m> {
     }
 
     /// Embedding rows and the rotary cosines/sines of every new position.
-    fn embed_and_rotations(&mut self, w: &weights::Weights<'_>, rows: &[usize], ids: &[u32], t_new: usize) {
+    fn embed_and_rotations(
+        &mut self,
+        w: &weights::Weights<'_>,
+        rows: &[usize],
+        ids: &[u32],
+        t_new: usize,
+    ) {
         let h = self.model.config().hidden_size;
         let s = &mut self.scratch;
         for (r, &id) in ids.iter().enumerate() {
@@ -249,7 +256,13 @@ impl<'m> DecodeSession<'m> {
     }
 
     /// Decoder layer `l` on `scratch.x` `(rows·t_new, H)`, in place.
-    fn layer(&mut self, w: &weights::Weights<'_>, l: usize, slots: &[usize], t_new: usize) -> Result<()> {
+    fn layer(
+        &mut self,
+        w: &weights::Weights<'_>,
+        l: usize,
+        slots: &[usize],
+        t_new: usize,
+    ) -> Result<()> {
         let c = self.model.config();
         let (h, d, nq, nkv) = (
             c.hidden_size,
@@ -307,7 +320,10 @@ impl<'m> DecodeSession<'m> {
             heads: nq,
             head_dim: d,
         };
-        let (q, attn) = (&s.q, crate::ops::skinny_gemm::SharedMatrix::new(&mut s.attn, rows, nq * d));
+        let (q, attn) = (
+            &s.q,
+            crate::ops::skinny_gemm::SharedMatrix::new(&mut s.attn, rows, nq * d),
+        );
         let (scores, left_pad, lens) = (&self.scores, &self.left_pad, &self.lens);
         let scale = 1.0 / (d as f32).sqrt();
         let group = nq / nkv;
