@@ -127,7 +127,8 @@ fn portable(
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `a · b` with eight independent partial sums, so the loop runs in vector lanes.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
@@ -185,15 +186,8 @@ pub(crate) mod avx512 {
             }
             j += 4;
         }
-        for j in j..rows.end {
-            for r in 0..m {
-                // SAFETY: as above.
-                let s = unsafe { dot(&x[r * k..(r + 1) * k], &w[j * k..(j + 1) * k]) };
-                // SAFETY: column j belongs to this call.
-                let o = unsafe { &mut out.cols_mut(r, j..j + 1)[0] };
-                *o = if accumulate { *o + s } else { s };
-            }
-        }
+        // the last n mod 4 weight rows
+        super::portable(x, m, k, w, j..rows.end, out, accumulate);
     }
 
     /// Blocks of 4 weight rows between the block being multiplied and the one being
@@ -305,31 +299,6 @@ pub(crate) mod avx512 {
         let h0 = fold(q[0], q[1]);
         let h1 = fold(q[2], q[3]);
         fold(h0, h1)
-    }
-
-    /// One dot product (the leftover weight rows).
-    #[target_feature(enable = "avx512f")]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let full = n / 16 * 16;
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i < full {
-            // SAFETY: i + 16 ≤ n.
-            acc = unsafe {
-                _mm512_fmadd_ps(
-                    _mm512_loadu_ps(a.as_ptr().add(i)),
-                    _mm512_loadu_ps(b.as_ptr().add(i)),
-                    acc,
-                )
-            };
-            i += 16;
-        }
-        let mut s = _mm512_reduce_add_ps(acc);
-        for t in full..n {
-            s += a[t] * b[t];
-        }
-        s
     }
 }
 

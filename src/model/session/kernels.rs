@@ -8,7 +8,7 @@
 //! [`Model::decode`](crate::model::Model::decode)'s to float rounding.
 
 use crate::ops::gemm::{self, Threads, Trans};
-use crate::ops::skinny_gemm::{matmul_wt_rows, SharedMatrix};
+use crate::ops::skinny_gemm::{dot, matmul_wt_rows, SharedMatrix};
 use crate::ops::Float;
 use crate::runtime::team::{share, WorkerTeam};
 use candle_core::Result;
@@ -426,24 +426,6 @@ mod avx512 {
             _mm512_storeu_ps(out.as_mut_ptr().add(16 * c), _mm512_mul_ps(*a, inv));
         }
     }
-}
-
-/// Eight independent partial sums so the loop runs in vector lanes.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
