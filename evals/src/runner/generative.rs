@@ -9,7 +9,7 @@
 use super::{proportion_metric, sample_header, MetricValue, ProgressFn};
 use crate::data::Doc;
 use crate::error::Result;
-use crate::generation::{generate_text, GenOptions};
+use crate::generation::{generate_texts, GenJob, GenOptions};
 use crate::metrics::{majority, mean, mean_stderr, pass_at_k};
 use crate::prompt::context;
 use crate::sandbox::{run_python, SandboxLimits};
@@ -34,32 +34,91 @@ pub fn extract(chain: &[Regex], completion: &str) -> String {
     "[invalid]".into()
 }
 
-/// Generates `spec.samples` completions for doc `i`.
-fn completions(
+/// Docs whose samples are generated together (up to 16 samples decode at once).
+const DOCS_PER_BATCH: usize = 8;
+
+/// The context of doc `i` and its `spec.samples` generation jobs.
+fn jobs(
     model: &Model,
     tokenizer: &Tokenizer,
     task: &Task,
     docs: &[Doc],
     i: usize,
-) -> Result<(String, Vec<String>)> {
+) -> Result<(String, Vec<GenJob>)> {
     let s = &task.spec;
     let ctx = context(task, docs, i, tokenizer)?;
     let prompt = tokenizer.encode(&ctx, false)?;
     let mut stop_ids = model.config().eos_token_ids.clone();
     stop_ids.extend(tokenizer.eos_token_id());
-    let mut outs = Vec::with_capacity(s.samples);
-    for j in 0..s.samples {
-        let opts = GenOptions {
-            max_new_tokens: s.max_new_tokens,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            seed: s.seed.wrapping_add((i * s.samples + j) as u64),
-            stop_ids: stop_ids.clone(),
-            stop_strings: s.stop.clone(),
-        };
-        outs.push(generate_text(model, tokenizer, &prompt, &opts)?);
+    let jobs = (0..s.samples)
+        .map(|j| {
+            let opts = GenOptions {
+                max_new_tokens: s.max_new_tokens,
+                temperature: s.temperature,
+                top_p: s.top_p,
+                seed: s.seed.wrapping_add((i * s.samples + j) as u64),
+                stop_ids: stop_ids.clone(),
+                stop_strings: s.stop.clone(),
+            };
+            (prompt.clone(), opts)
+        })
+        .collect();
+    Ok((ctx, jobs))
+}
+
+/// Each doc's context and completions in order, generated [`DOCS_PER_BATCH`] docs at
+/// a time (`generate_texts`: the same texts as one sample at a time).
+struct Completions<'a> {
+    model: &'a Model,
+    tokenizer: &'a Tokenizer,
+    task: &'a Task,
+    docs: &'a [Doc],
+    n: usize,
+    next: usize,
+    ready: std::collections::VecDeque<(String, Vec<String>)>,
+}
+
+impl<'a> Completions<'a> {
+    fn new(
+        model: &'a Model,
+        tokenizer: &'a Tokenizer,
+        task: &'a Task,
+        docs: &'a [Doc],
+        n: usize,
+    ) -> Self {
+        Completions {
+            model,
+            tokenizer,
+            task,
+            docs,
+            n,
+            next: 0,
+            ready: Default::default(),
+        }
     }
-    Ok((ctx, outs))
+
+    /// The next doc's context and completions.
+    fn next_doc(&mut self) -> Result<(String, Vec<String>)> {
+        if self.ready.is_empty() {
+            let end = (self.next + DOCS_PER_BATCH).min(self.n);
+            let (mut ctxs, mut all) = (Vec::new(), Vec::new());
+            for i in self.next..end {
+                let (ctx, js) = jobs(self.model, self.tokenizer, self.task, self.docs, i)?;
+                ctxs.push(ctx);
+                all.extend(js);
+            }
+            let texts = generate_texts(self.model, self.tokenizer, &all)?;
+            let k = self.task.spec.samples.max(1);
+            self.ready = ctxs
+                .into_iter()
+                .zip(texts.chunks(k).map(<[String]>::to_vec))
+                .collect();
+            self.next = end;
+        }
+        self.ready.pop_front().ok_or_else(|| {
+            crate::error::EvalError::Invalid("internal: no doc left to generate".into())
+        })
+    }
 }
 
 /// Runs a `generate` task over docs `0..n`.
@@ -74,9 +133,10 @@ pub fn run_generate(
     let k = task.spec.samples;
     let (mut em, mut maj, mut avg) = (vec![], vec![], vec![]);
     let mut samples = Vec::with_capacity(n);
+    let mut completions = Completions::new(model, tokenizer, task, docs, n);
     for i in 0..n {
         let doc = &docs[i];
-        let (ctx, outs) = completions(model, tokenizer, task, docs, i)?;
+        let (ctx, outs) = completions.next_doc()?;
         let answers: Vec<String> = outs.iter().map(|o| extract(&task.extract, o)).collect();
         let refs: Vec<&str> = doc.answers.iter().map(|a| a.trim()).collect();
         let hit = |a: &str| if refs.contains(&a) { 1.0 } else { 0.0 };
@@ -127,9 +187,10 @@ pub fn run_code(
     };
     let mut per_k: Vec<Vec<f64>> = vec![Vec::new(); s.pass_k.len()];
     let mut samples = Vec::with_capacity(n);
+    let mut completions = Completions::new(model, tokenizer, task, docs, n);
     for i in 0..n {
         let doc = &docs[i];
-        let (ctx, outs) = completions(model, tokenizer, task, docs, i)?;
+        let (ctx, outs) = completions.next_doc()?;
         let mut results = Vec::with_capacity(outs.len());
         for out in &outs {
             let report = run_python(&program(doc, out), &limits)?;
