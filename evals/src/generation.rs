@@ -89,9 +89,8 @@ pub fn generate_texts(
     let mut queue = 0..jobs.len();
     let mut live: Vec<Option<(usize, Completion<'_>)>> = (0..slots).map(|_| None).collect();
     loop {
-        // admit: a free slot takes the next job; a repeated prompt copies the slot
-        // that prefilled it while that slot holds the prompt alone
-        let mut memo: Option<(usize, Vec<f32>)> = None;
+        // admit: a free slot takes the next job (a repeated prompt reuses its prefill:
+        // `DecodeSession::prefill_row`)
         let mut slot = 0;
         while slot < slots {
             if live[slot].is_some() {
@@ -104,28 +103,12 @@ pub fn generate_texts(
                 out[j] = Some(String::new());
                 continue;
             }
-            let reuse = memo.as_ref().filter(|(src, _)| {
-                live[*src]
-                    .as_ref()
-                    .is_some_and(|(k, c)| jobs[*k].0 == *prompt && c.new.len() == 1)
-            });
-            let logits = match reuse {
-                Some((src, logits)) => {
-                    let logits = logits.clone();
-                    session.copy_row(*src, slot)?;
-                    logits
-                }
-                None => {
-                    session.reset_row(slot)?;
-                    session.extend_rows(&[slot], prompt, prompt.len())?.to_vec()
-                }
-            };
+            let logits = session.prefill_row(slot, prompt)?;
             let mut c = Completion::new(opts);
-            match c.step(&logits, tokenizer)? {
+            match c.step(logits, tokenizer)? {
                 Some(text) => out[j] = Some(text), // the slot stays free
                 None => {
                     live[slot] = Some((j, c));
-                    memo = Some((slot, logits));
                     slot += 1;
                 }
             }

@@ -124,9 +124,8 @@ fn run_in_session(
     let mut queue = requests.into_iter().enumerate();
     let mut slots: Vec<Option<Row>> = (0..session.batch()).map(|_| None).collect();
     loop {
-        // Admit queued requests into free slots; a prompt equal to the previous one
-        // (a GRPO group) copies that slot's prefill instead of recomputing it.
-        let mut memo: Option<(usize, Vec<f32>)> = None; // slot holding the last prefill, its logits
+        // Admit queued requests into free slots (a prompt equal to the previous one, a
+        // GRPO group, reuses its prefill: `DecodeSession::prefill_row`).
         let mut slot = 0;
         while slot < slots.len() {
             if slots[slot].is_some() {
@@ -136,31 +135,14 @@ fn run_in_session(
             let Some((index, request)) = queue.next() else {
                 break;
             };
-            let prompt = &request.prompt_ids;
-            let reuse = memo.as_ref().filter(|(src, _)| {
-                slots[*src]
-                    .as_ref()
-                    .is_some_and(|r| r.request.prompt_ids == *prompt && r.generated.len() == 1)
-            });
-            let logits = match reuse {
-                Some((src, logits)) => {
-                    let logits = logits.clone();
-                    session.copy_row(*src, slot)?;
-                    logits
-                }
-                None => {
-                    session.reset_row(slot)?;
-                    session.extend_rows(&[slot], prompt, prompt.len())?.to_vec()
-                }
-            };
+            let logits = session.prefill_row(slot, &request.prompt_ids)?;
             let mut row = Row::new(index, request);
-            let c = choose(&logits, &row.history, &row.request.params, &mut row.rng);
+            let c = choose(logits, &row.history, &row.request.params, &mut row.rng);
             match row.push(sampler, c)? {
                 // finished at once: the slot stays free for the next request
                 Some(completion) => done[index] = Some(completion),
                 None => {
                     slots[slot] = Some(row);
-                    memo = Some((slot, logits));
                     slot += 1;
                 }
             }

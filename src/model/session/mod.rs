@@ -51,6 +51,9 @@ pub struct DecodeSession<'m> {
     scores: Vec<Mutex<Vec<f32>>>,
     /// `(B, V)`: each row's logits at its last position.
     logits: Vec<f32>,
+    /// The last [`DecodeSession::prefill_row`]: its row, prompt and logits, while that
+    /// row still holds exactly that prompt.
+    last_prefill: Option<(usize, Vec<u32>, Vec<f32>)>,
 }
 
 /// Activations of one call, sized for the most rows seen so far.
@@ -104,6 +107,7 @@ impl<'m> DecodeSession<'m> {
             scratch: Scratch::default(),
             scores,
             logits: vec![0f32; left_pad.len() * c.vocab_size],
+            last_prefill: None,
             left_pad,
         })
     }
@@ -131,6 +135,7 @@ impl<'m> DecodeSession<'m> {
     /// Empties row `row` (no padding), making its slot free for a new sequence.
     pub fn reset_row(&mut self, row: usize) -> Result<()> {
         self.check_row(row)?;
+        self.forget_prefill_of(&[row]);
         self.lens[row] = 0;
         self.left_pad[row] = 0;
         Ok(())
@@ -144,6 +149,7 @@ impl<'m> DecodeSession<'m> {
         if src == dst {
             return Ok(());
         }
+        self.forget_prefill_of(&[dst]);
         let row =
             self.capacity * self.model.config().num_key_value_heads * self.model.config().head_dim;
         let filled = self.lens[src] * row / self.capacity;
@@ -153,6 +159,43 @@ impl<'m> DecodeSession<'m> {
         self.lens[dst] = self.lens[src];
         self.left_pad[dst] = self.left_pad[src];
         Ok(())
+    }
+
+    /// Empties row `row`, prefills `prompt` into it and returns the logits at its last
+    /// position `(V,)`. When the previous `prefill_row` had the same prompt and its row
+    /// is unchanged since, that row's cache is copied instead of recomputed (the
+    /// samples of one prompt: a GRPO group, an eval task's `samples`). The reuse
+    /// assumes the model's weights did not change in between, as within one batch.
+    pub fn prefill_row(&mut self, row: usize, prompt: &[u32]) -> Result<&[f32]> {
+        self.check_row(row)?;
+        let vocab = self.model.config().vocab_size;
+        let reuse = match &self.last_prefill {
+            Some((src, p, _)) if p == prompt && *src != row => Some(*src),
+            _ => None,
+        };
+        if let Some(src) = reuse {
+            self.copy_row(src, row)?;
+            if let Some((_, _, logits)) = &self.last_prefill {
+                self.logits[..vocab].copy_from_slice(logits);
+            }
+            return Ok(&self.logits[..vocab]);
+        }
+        self.reset_row(row)?;
+        let logits = self.extend_rows(&[row], prompt, prompt.len())?.to_vec();
+        self.logits[..vocab].copy_from_slice(&logits);
+        self.last_prefill = Some((row, prompt.to_vec(), logits));
+        Ok(&self.logits[..vocab])
+    }
+
+    /// Drops the remembered prefill if it lives in one of `rows` (about to change).
+    fn forget_prefill_of(&mut self, rows: &[usize]) {
+        if self
+            .last_prefill
+            .as_ref()
+            .is_some_and(|(r, _, _)| rows.contains(r))
+        {
+            self.last_prefill = None;
+        }
     }
 
     fn check_row(&self, row: usize) -> Result<()> {
@@ -211,6 +254,7 @@ impl<'m> DecodeSession<'m> {
                 c.vocab_size
             )));
         }
+        self.forget_prefill_of(rows);
         let guards = weights::Guards::lock(self.model);
         let w = guards.weights(self.model)?;
         self.scratch.reserve(n * t_new, &c);
