@@ -468,3 +468,129 @@ mod decode {
         });
     }
 }
+
+mod gemm {
+    //! The three GEMMs of the MLP up projection (tokens 1024, in 576, out 1536) in f32
+    //! and with bf16 inputs, on the selected backend: forward `x · Wᵀ`, input grad
+    //! `dy · W`, weight grad `dyᵀ · x`. 1.81 GFLOP each.
+    use super::*;
+    use smelt::ops::gemm::{self, bf16, Threads, Trans};
+
+    const M: usize = B * T;
+
+    fn operands(seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let v = |shape: &[usize], s| {
+            rand_t(shape, s, 1.0)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        (
+            v(&[M, HIDDEN], seed),
+            v(&[MLP, HIDDEN], seed + 1),
+            v(&[M, MLP], seed + 2),
+        )
+    }
+
+    /// `(ta, tb, (m, n, k), lda, ldb)` of one of the three products; `A`, `B` are
+    /// `x` or `dy` and `W` as stored.
+    fn run(which: usize, bf: bool, bencher: Bencher) {
+        let (x, w, dy) = operands(20);
+        let (ta, tb, (m, n, k), a, lda, b, ldb) = match which {
+            0 => (
+                Trans::No,
+                Trans::Yes,
+                (M, MLP, HIDDEN),
+                &x,
+                HIDDEN,
+                &w,
+                HIDDEN,
+            ),
+            1 => (Trans::No, Trans::No, (M, HIDDEN, MLP), &dy, MLP, &w, HIDDEN),
+            _ => (
+                Trans::Yes,
+                Trans::No,
+                (MLP, HIDDEN, M),
+                &dy,
+                MLP,
+                &x,
+                HIDDEN,
+            ),
+        };
+        let mut c = vec![0f32; m * n];
+        if bf {
+            let (a, b) = (gemm::to_bf16(a), gemm::to_bf16(b));
+            let (a, b): (&[bf16], &[bf16]) = (&a, &b);
+            bencher.bench_local(|| {
+                gemm::gemm_bf16_f32(
+                    ta,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    1.0,
+                    a,
+                    lda,
+                    b,
+                    ldb,
+                    0.0,
+                    &mut c,
+                    n,
+                    Threads::All,
+                )
+                .unwrap()
+            });
+        } else {
+            bencher.bench_local(|| {
+                gemm::sgemm(
+                    ta,
+                    tb,
+                    m,
+                    n,
+                    k,
+                    1.0,
+                    a,
+                    lda,
+                    b,
+                    ldb,
+                    0.0,
+                    &mut c,
+                    n,
+                    Threads::All,
+                )
+                .unwrap()
+            });
+        }
+    }
+
+    #[divan::bench]
+    fn forward_f32(b: Bencher) {
+        run(0, false, b)
+    }
+
+    #[divan::bench]
+    fn forward_bf16(b: Bencher) {
+        run(0, true, b)
+    }
+
+    #[divan::bench]
+    fn grad_input_f32(b: Bencher) {
+        run(1, false, b)
+    }
+
+    #[divan::bench]
+    fn grad_input_bf16(b: Bencher) {
+        run(1, true, b)
+    }
+
+    #[divan::bench]
+    fn grad_weight_f32(b: Bencher) {
+        run(2, false, b)
+    }
+
+    #[divan::bench]
+    fn grad_weight_bf16(b: Bencher) {
+        run(2, true, b)
+    }
+}

@@ -173,29 +173,6 @@ fn cpu_ok() -> Result<(), String> {
     }
 }
 
-/// Whether the CPU has a native bf16 dot product: AVX512-BF16 (CPUID.(7,1):EAX[5]) or
-/// AMX-BF16 (CPUID.(7,0):EDX[22]).
-pub(super) fn cpu_has_native_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::__cpuid_count;
-        // cpuid is always available on x86_64; leaf 7 is checked against the max leaf
-        let max_leaf = __cpuid_count(0, 0).eax;
-        if max_leaf < 7 {
-            return false;
-        }
-        let l70 = __cpuid_count(7, 0);
-        let l71 = __cpuid_count(7, 1);
-        let avx512_bf16 = l71.eax & (1 << 5) != 0 && std::arch::is_x86_feature_detected!("avx512f");
-        let amx_bf16 = l70.edx & (1 << 22) != 0;
-        avx512_bf16 || amx_bf16
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Opens `path` with `RTLD_LAZY | RTLD_GLOBAL`, so later by-name lookups find it.
 fn open_global(path: &Path) -> Result<Library, String> {
     // SAFETY: loading a shared library runs its initialisers; these are MKL's and
@@ -251,7 +228,7 @@ impl Mkl {
         let set_num_threads_local: SetIntFn = sym(&rt_lib, "MKL_Set_Num_Threads_Local")?;
         let sgemm: SgemmFn = sym(&rt_lib, "cblas_sgemm")?;
         let dgemm: DgemmFn = sym(&rt_lib, "cblas_dgemm")?;
-        let bf16_gemm: Option<Bf16GemmFn> = if cpu_has_native_bf16() {
+        let bf16_gemm: Option<Bf16GemmFn> = if super::dpbf16::cpu_has_amx_bf16() {
             Some(sym(&rt_lib, "cblas_gemm_bf16bf16f32")?)
         } else {
             None
@@ -325,11 +302,18 @@ impl Mkl {
             self.dir.display(),
             self.threads,
             if self.bf16_gemm.is_some() {
-                "native"
+                "mkl (amx)"
+            } else if super::dpbf16::available() {
+                "avx512-bf16 kernel"
             } else {
                 "widened to f32"
             }
         )
+    }
+
+    /// Whether MKL's own bf16 GEMM is bound (AMX CPUs only).
+    pub(super) fn has_native_bf16(&self) -> bool {
+        self.bf16_gemm.is_some()
     }
 
     /// Runs `f` with MKL limited to the calling thread when `threads` is `Single`.
