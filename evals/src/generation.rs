@@ -223,26 +223,8 @@ mod tests {
 
     /// A 64-token character vocabulary (`<eos>` = 0).
     fn char_tokenizer() -> Tokenizer {
-        let chars = "abcdefghijklmnopqrstuvwxyz0123456789 .,!?+-*/=ABCDEFGHIJKLMNOPQ";
-        let mut vocab = serde_json::Map::new();
-        vocab.insert("<eos>".into(), 0.into());
-        for (i, c) in chars.chars().enumerate() {
-            vocab.insert(c.to_string(), (i + 1).into());
-        }
-        let json = serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": [{"id": 0, "content": "<eos>", "single_word": false, "lstrip": false,
-                              "rstrip": false, "normalized": false, "special": true}],
-            "normalizer": null,
-            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
-            "post_processor": null,
-            "decoder": {"type": "Fuse"},
-            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<eos>"},
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokenizer.json");
-        std::fs::write(&path, json.to_string()).unwrap();
-        Tokenizer::from_file(&path).unwrap()
+        Tokenizer::char_level("abcdefghijklmnopqrstuvwxyz0123456789 .,!?+-*/=ABCDEFGHIJKLMNOPQ")
+            .unwrap()
     }
 
     #[test]

@@ -17,26 +17,9 @@ use smelt_rollouts::{Completion, Engine, FinishReason, Request, Sampler, Samplin
 const CHARS: &str = "abcdefghijklmnopqrstuvwxyz0123456789 .,!?+-*/=ABCDEFGHIJKLMNOPQ";
 
 fn char_tokenizer() -> Tokenizer {
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("<eos>".into(), 0.into());
-    for (i, c) in CHARS.chars().enumerate() {
-        vocab.insert(c.to_string(), (i + 1).into());
-    }
-    assert_eq!(vocab.len(), 64);
-    let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [{"id": 0, "content": "<eos>", "single_word": false, "lstrip": false,
-                          "rstrip": false, "normalized": false, "special": true}],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
-        "post_processor": null,
-        "decoder": {"type": "Fuse"},
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<eos>"},
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tokenizer.json");
-    std::fs::write(&path, json.to_string()).unwrap();
-    Tokenizer::from_file(&path).unwrap()
+    let tokenizer = Tokenizer::char_level(CHARS).unwrap();
+    assert_eq!(tokenizer.vocab_size(), 64);
+    tokenizer
 }
 
 fn tiny() -> (Model, Tokenizer) {

@@ -111,6 +111,42 @@ impl Tokenizer {
         Self::assemble(inner, special, template, name)
     }
 
+    /// A character-level tokenizer: `<eos>` (id 0: the EOS and unknown token) then one
+    /// token per character of `chars`, in order; decoding concatenates. A real
+    /// `tokenizers` pipeline with a vocabulary small enough for tiny random models
+    /// (tests, toy runs). Errors when `chars` repeats a character.
+    pub fn char_level(chars: &str) -> Result<Self> {
+        let mut vocab = serde_json::Map::new();
+        vocab.insert("<eos>".into(), 0.into());
+        for c in chars.chars() {
+            let id = vocab.len();
+            if vocab.insert(c.to_string(), id.into()).is_some() {
+                return Err(Error::tokenizer(
+                    "char-level",
+                    format!("character {c:?} appears twice"),
+                ));
+            }
+        }
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 0, "content": "<eos>", "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
+            "post_processor": null,
+            "decoder": {"type": "Fuse"},
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<eos>"},
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
+            .map_err(|e| Error::tokenizer("char-level", e.to_string()))?;
+        let special = SpecialTokens {
+            eos: Some("<eos>".into()),
+            unk: Some("<eos>".into()),
+            ..SpecialTokens::default()
+        };
+        Self::assemble(inner, special, None, "char-level".into())
+    }
+
     /// Builds the tokenizer transformers builds when it loads a GGUF file
     /// (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`) from that file's metadata
     /// (`candle_core::quantized::gguf_file::Content::metadata`); `source` names the file in errors.
@@ -335,5 +371,24 @@ fn template_field(config: &serde_json::Value, path: &Path) -> Result<Option<Stri
         Some(_) => Err(err(
             "`chat_template` must be a string or a list of named templates",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn char_level_round_trips_and_rejects_repeats() {
+        let tok = Tokenizer::char_level("ab c").unwrap();
+        assert_eq!(tok.vocab_size(), 5);
+        let ids = tok.encode("a cab", false).unwrap();
+        assert_eq!(ids, vec![1, 3, 4, 1, 2]);
+        assert_eq!(tok.decode(&ids, false).unwrap(), "a cab");
+        assert_eq!(tok.eos_token_id(), Some(0));
+        // an unknown character becomes <eos>, the unknown token
+        assert_eq!(tok.encode("z", false).unwrap(), vec![0]);
+        let err = Tokenizer::char_level("aba").unwrap_err().to_string();
+        assert!(err.contains("'a'"), "{err}");
     }
 }
