@@ -493,12 +493,15 @@ mod gemm {
         )
     }
 
-    /// `(ta, tb, (m, n, k), lda, ldb)` of one of the three products; `A`, `B` are
-    /// `x` or `dy` and `W` as stored.
-    fn run(which: usize, bf: bool, bencher: Bencher) {
+    /// The three products, named as the bench arguments.
+    const PRODUCTS: [&str; 3] = ["forward", "grad_input", "grad_weight"];
+
+    /// Times one product: `forward` `x · Wᵀ`, `grad_input` `dy · W`, `grad_weight`
+    /// `dyᵀ · x` (`W` as stored, `(out, in)`), with f32 or bf16 operands.
+    fn run(product: &str, bf: bool, bencher: Bencher) {
         let (x, w, dy) = operands(20);
-        let (ta, tb, (m, n, k), a, lda, b, ldb) = match which {
-            0 => (
+        let (ta, tb, (m, n, k), a, lda, b, ldb) = match product {
+            "forward" => (
                 Trans::No,
                 Trans::Yes,
                 (M, MLP, HIDDEN),
@@ -507,8 +510,8 @@ mod gemm {
                 &w,
                 HIDDEN,
             ),
-            1 => (Trans::No, Trans::No, (M, HIDDEN, MLP), &dy, MLP, &w, HIDDEN),
-            _ => (
+            "grad_input" => (Trans::No, Trans::No, (M, HIDDEN, MLP), &dy, MLP, &w, HIDDEN),
+            "grad_weight" => (
                 Trans::Yes,
                 Trans::No,
                 (MLP, HIDDEN, M),
@@ -517,6 +520,7 @@ mod gemm {
                 &x,
                 HIDDEN,
             ),
+            other => panic!("unknown product {other:?}"),
         };
         let mut c = vec![0f32; m * n];
         if bf {
@@ -564,33 +568,13 @@ mod gemm {
         }
     }
 
-    #[divan::bench]
-    fn forward_f32(b: Bencher) {
-        run(0, false, b)
+    #[divan::bench(args = PRODUCTS)]
+    fn f32(b: Bencher, product: &str) {
+        run(product, false, b)
     }
 
-    #[divan::bench]
-    fn forward_bf16(b: Bencher) {
-        run(0, true, b)
-    }
-
-    #[divan::bench]
-    fn grad_input_f32(b: Bencher) {
-        run(1, false, b)
-    }
-
-    #[divan::bench]
-    fn grad_input_bf16(b: Bencher) {
-        run(1, true, b)
-    }
-
-    #[divan::bench]
-    fn grad_weight_f32(b: Bencher) {
-        run(2, false, b)
-    }
-
-    #[divan::bench]
-    fn grad_weight_bf16(b: Bencher) {
-        run(2, true, b)
+    #[divan::bench(args = PRODUCTS)]
+    fn bf16_inputs(b: Bencher, product: &str) {
+        run(product, true, b)
     }
 }

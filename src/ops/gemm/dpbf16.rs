@@ -13,8 +13,10 @@
 //!   one `u32` holds column `j`'s values at `k = 2p` and `2p + 1` (the "VNNI" layout).
 //! - The micro-kernel broadcasts an `A` pair to all lanes and `vdpbf16ps`-accumulates
 //!   it against three 16-column `B` vectors: `MR × 3` zmm accumulators (24 of 32).
-//! - Odd `k` and edge tiles are zero-padded in the packs, so the kernel always computes
-//!   full tiles; the store applies `alpha`, `beta` and clips to `C`'s edges.
+//! - The kernel always computes full tiles: a missing odd `k` value packs as zero, and
+//!   the packs' unused edge lanes (which may hold an earlier call's words: the pack
+//!   buffers are reused per thread) only reach outputs the store clips away. The store
+//!   applies `alpha` and `beta`.
 //!
 //! Numerics: every product of two bf16 values is exact in f32 and `vdpbf16ps`
 //! accumulates in f32 with round-to-nearest-even, so the result is an f32 GEMM of the
@@ -35,21 +37,6 @@ pub(super) fn available() -> bool {
     {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether this CPU has AMX-BF16 tiles (CPUID.(7,0):EDX[22]), where MKL's bf16 GEMM
-/// is the faster one.
-pub(super) fn cpu_has_amx_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::__cpuid_count;
-        // cpuid is always available on x86_64; leaf 7 is checked against the max leaf
-        __cpuid_count(0, 0).eax >= 7 && __cpuid_count(7, 0).edx & (1 << 22) != 0
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -89,12 +76,14 @@ pub(super) fn gemm_bf16_f32(
     for_each_panel(packed_a, kp * MR, workers, |panel, dst| {
         let rows = MR.min(g.m - panel * MR);
         // op(A)(i, p) = a[i·rs + p·cs]: rows are the panel's lanes
-        pack(dst, a, (panel * MR, rows), (a_rs, a_cs), g.k, MR);
+        // SAFETY: `available()` was asserted (AVX512F).
+        unsafe { pack(dst, a, (panel * MR, rows), (a_rs, a_cs), g.k, MR) };
     });
     for_each_panel(packed_b, kp * NR, workers, |panel, dst| {
         let cols = NR.min(g.n - panel * NR);
         // op(B)(p, j) = b[p·rs + j·cs]: columns are the panel's lanes
-        pack(dst, b, (panel * NR, cols), (b_cs, b_rs), g.k, NR);
+        // SAFETY: as above.
+        unsafe { pack(dst, b, (panel * NR, cols), (b_cs, b_rs), g.k, NR) };
     });
 
     // tiles in column-panel-major order, so consecutive tiles share a B panel (in L2);
@@ -168,36 +157,14 @@ fn for_each_panel(
 /// Packs one panel: for each `k` pair `p` and lane `l < lanes`, the word
 /// `x(first + l, 2p) | x(first + l, 2p + 1) << 16`, where `x(l, q) = src[l·lane_stride
 /// + q·k_stride]`; lanes past `lanes` are left as they are and `q ≥ k` reads as zero.
-/// `dst` is `(kp, width)`.
-fn pack(
-    dst: &mut [u32],
-    src: &[bf16],
-    lanes: (usize, usize),
-    strides: (isize, isize),
-    k: usize,
-    width: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        assert!(available(), "dpbf16 packing on a CPU without AVX-512");
-        // SAFETY: the CPU has AVX512F (checked above).
-        unsafe { pack_avx512(dst, src, lanes, strides, k, width) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!(
-        "dpbf16 packing on a non-x86_64 CPU {:?}",
-        (dst.len(), src.len(), lanes, strides, k, width)
-    )
-}
-
-/// [`pack`] on AVX-512: lanes-contiguous operands interleave two `k` rows (the loop
+/// `dst` is `(kp, width)`. Lanes-contiguous operands interleave two `k` rows (the loop
 /// vectorises); `k`-contiguous ones are a transpose of pair words, 16 × 16 at a time.
 ///
 /// # Safety
 /// The CPU must support AVX512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_avx512(
+unsafe fn pack(
     dst: &mut [u32],
     src: &[bf16],
     (first, lanes): (usize, usize),
@@ -353,6 +320,18 @@ unsafe fn kernel(kp: usize, a: &[u32], b: &[u32], acc: &mut [f32; MR * NR]) {
     for (i, v) in c.iter().enumerate() {
         _mm512_storeu_ps(acc.as_mut_ptr().add(16 * i), *v);
     }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack(
+    _: &mut [u32],
+    _: &[bf16],
+    _: (usize, usize),
+    _: (isize, isize),
+    _: usize,
+    _: usize,
+) {
+    unreachable!("dpbf16 packing on a non-x86_64 CPU")
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -173,6 +173,21 @@ fn cpu_ok() -> Result<(), String> {
     }
 }
 
+/// Whether this CPU has AMX-BF16 tiles (CPUID.(7,0):EDX[22]), where MKL's bf16 GEMM
+/// is the faster one.
+fn cpu_has_amx_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid_count;
+        // cpuid is always available on x86_64; leaf 7 is checked against the max leaf
+        __cpuid_count(0, 0).eax >= 7 && __cpuid_count(7, 0).edx & (1 << 22) != 0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Opens `path` with `RTLD_LAZY | RTLD_GLOBAL`, so later by-name lookups find it.
 fn open_global(path: &Path) -> Result<Library, String> {
     // SAFETY: loading a shared library runs its initialisers; these are MKL's and
@@ -228,7 +243,7 @@ impl Mkl {
         let set_num_threads_local: SetIntFn = sym(&rt_lib, "MKL_Set_Num_Threads_Local")?;
         let sgemm: SgemmFn = sym(&rt_lib, "cblas_sgemm")?;
         let dgemm: DgemmFn = sym(&rt_lib, "cblas_dgemm")?;
-        let bf16_gemm: Option<Bf16GemmFn> = if super::dpbf16::cpu_has_amx_bf16() {
+        let bf16_gemm: Option<Bf16GemmFn> = if cpu_has_amx_bf16() {
             Some(sym(&rt_lib, "cblas_gemm_bf16bf16f32")?)
         } else {
             None
@@ -301,13 +316,7 @@ impl Mkl {
             "{}, {} threads, bf16 {}",
             self.dir.display(),
             self.threads,
-            if self.bf16_gemm.is_some() {
-                "mkl (amx)"
-            } else if super::dpbf16::available() {
-                "avx512-bf16 kernel"
-            } else {
-                "widened to f32"
-            }
+            super::bf16_route(self.has_native_bf16())
         )
     }
 

@@ -190,11 +190,12 @@ impl Backend {
         if g.is_empty() {
             return Ok(());
         }
+        let mkl_native = self == Backend::Mkl && mkl_loaded()?.has_native_bf16();
+        if !mkl_native && dpbf16::available() {
+            dpbf16::gemm_bf16_f32(&g, alpha, a, b, beta, c, threads);
+            return Ok(());
+        }
         match self {
-            Backend::Mkl if mkl_loaded()?.has_native_bf16() => {
-                mkl_loaded()?.gemm_bf16_f32(&g, alpha, a, b, beta, c, threads)
-            }
-            _ if dpbf16::available() => dpbf16::gemm_bf16_f32(&g, alpha, a, b, beta, c, threads),
             Backend::Portable => portable::gemm_bf16_f32(&g, alpha, a, b, beta, c, threads),
             Backend::Mkl => mkl_loaded()?.gemm_bf16_f32(&g, alpha, a, b, beta, c, threads),
         }
@@ -533,17 +534,26 @@ pub fn backend_report() -> String {
             Err(e) => format!("mkl (unavailable: {e})"),
         },
         Ok(Backend::Portable) => {
-            let bf16 = if dpbf16::available() {
-                "avx512-bf16 kernel"
-            } else {
-                "widened to f32"
-            };
+            let bf16 = bf16_route(false);
             match mkl_loaded() {
                 Ok(_) => format!("portable (bf16 {bf16}; mkl available, not selected)"),
                 Err(e) => format!("portable (bf16 {bf16}; mkl: {e})"),
             }
         }
         Err(e) => format!("invalid ({e})"),
+    }
+}
+
+/// Where bf16 GEMMs run, for reports: MKL's (`mkl_native`: MKL selected and bound to
+/// its AMX GEMM), else smelt's AVX512-BF16 kernel, else widened to f32 — the order
+/// [`Backend::gemm_bf16_f32`] dispatches in.
+fn bf16_route(mkl_native: bool) -> &'static str {
+    if mkl_native {
+        "mkl (amx)"
+    } else if dpbf16::available() {
+        "avx512-bf16 kernel"
+    } else {
+        "widened to f32"
     }
 }
 
